@@ -1,0 +1,234 @@
+"""The one module that reads and writes checkpoints.
+
+A checkpoint directory describes itself:
+
+    OUT/best/  model.safetensors  config.json  tokenizer.json  meta.json
+    OUT/last/  the same, plus train_state.pt (optimizer, step, RNG states; loads with weights_only=True)
+    OUT/metrics.jsonl
+
+Writes are atomic at the directory level: everything goes into a hidden temp directory, each file is fsynced, then
+the old directory is renamed aside and the new one renamed into place. A crash between those two renames leaves the
+previous checkpoint under `.NAME.old`, which `resolve` still finds, so there is always a loadable checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from llm.config import from_dict, to_dict
+from llm.model import GPT, ModelConfig
+from llm.tokenizer import load_tokenizer
+
+FORMAT_VERSION = 1
+WEIGHTS, CONFIG, TOKENIZER, META, STATE = (
+    "model.safetensors", "config.json", "tokenizer.json", "meta.json", "train_state.pt")
+__version__ = "0.1.0"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt or does not match what it claims to be. One line, no traceback."""
+
+
+# -----------------------------------------------------------------------------
+# writing
+
+def save_checkpoint(path: str | Path, model: GPT, tokenizer, train_config: Any = None,
+                    meta: dict | None = None, train_state: dict | None = None,
+                    extra_files: dict[str, str | bytes] | None = None) -> Path:
+    """Write a self-describing checkpoint directory at `path`, replacing any previous one atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp"
+    old = path.parent / f".{path.name}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+
+    try:
+        model = getattr(model, "_orig_mod", model)  # torch.compile wraps the module
+        weights = {k: v.detach().to("cpu").contiguous() for k, v in _untied_state_dict(model).items()}
+        save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        train = to_dict(train_config) if hasattr(train_config, "__dataclass_fields__") else (train_config or {})
+        _write_json(tmp / CONFIG, {"version": FORMAT_VERSION, "model": to_dict(model.config), "train": train})
+        tokenizer.save(tmp / TOKENIZER)
+        meta = {"version": FORMAT_VERSION, **(meta or {}), "versions": _versions()}
+        _write_json(tmp / META, meta)
+        if train_state is not None:
+            torch.save(train_state, tmp / STATE)
+        for name, content in (extra_files or {}).items():
+            (tmp / name).write_bytes(content.encode() if isinstance(content, str) else content)
+        for f in tmp.iterdir():
+            _fsync(f)
+        _fsync(tmp)
+    except BaseException:  # includes a second Ctrl-C: leave no partial directory behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    _fsync(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def _untied_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """state_dict without the second name of a shared tensor (tied embeddings): safetensors stores each once."""
+    seen, out = set(), {}
+    for k, v in model.state_dict().items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        if key in seen:
+            continue
+        seen.add(key)
+        out[k] = v
+    return out
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def _fsync(path: Path) -> None:
+    # directories are fsynced too, so the renames themselves are durable (not possible on Windows)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _versions() -> dict[str, str]:
+    return {"scratchgpt": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def append_metrics(out_dir: str | Path, row: dict) -> None:
+    """One JSON object per line in OUT/metrics.jsonl (the app plots it)."""
+    with open(Path(out_dir) / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_metrics(out_dir: str | Path) -> list[dict]:
+    """Rows of metrics.jsonl; a torn last line (crash mid-write) is skipped."""
+    path = Path(out_dir) / "metrics.jsonl"
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+# -----------------------------------------------------------------------------
+# reading
+
+def resolve(path: str | Path) -> Path:
+    """OUT/best, OUT/last or OUT (meaning best, else last) -> the checkpoint directory itself."""
+    path = Path(path)
+    for cand in (path, path / "best", path / "last"):
+        for d in (cand, cand.parent / f".{cand.name}.old"):  # .old: a crash between the two renames
+            if (d / CONFIG).is_file():
+                return d
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}: the directory does not exist")
+    raise CheckpointError(f"no checkpoint at {path}: expected {CONFIG} there or in best/ or last/")
+
+
+def read_config(path: str | Path) -> tuple[ModelConfig, dict]:
+    """The model config and the training config dict stored in a checkpoint."""
+    d = resolve(path)
+    cfg = _read_json(d / CONFIG)
+    if cfg.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"{d / CONFIG}: format version {cfg.get('version')!r}, this code reads {FORMAT_VERSION}")
+    try:
+        return from_dict(ModelConfig, cfg.get("model", {})), cfg.get("train", {}) or {}
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{d / CONFIG}: {e}") from None
+
+
+def read_meta(path: str | Path) -> dict:
+    d = resolve(path)
+    return _read_json(d / META) if (d / META).exists() else {}
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
+    """Load a checkpoint for use: returns (model in eval mode on `device`, tokenizer, meta dict).
+
+    `path` is OUT/best, OUT/last, or OUT (which means best). Refuses, naming what differs, a checkpoint whose
+    tokenizer does not fit the model's vocabulary or whose tensors do not match the config.
+    """
+    d = resolve(path)
+    config, _ = read_config(d)
+    try:
+        tokenizer = load_tokenizer(d / TOKENIZER)
+    except FileNotFoundError:
+        raise CheckpointError(f"{d}: {TOKENIZER} is missing") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{d / TOKENIZER}: {e}") from None
+    if tokenizer.vocab_size > config.vocab_size:
+        raise CheckpointError(f"{d}: tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+                              f"{config.vocab_size}")
+    model = GPT(config)
+    load_weights(model, d / WEIGHTS)
+    meta = read_meta(d)
+    meta["path"] = str(d)
+    return model.to(device).eval(), tokenizer, meta
+
+
+def load_weights(model: GPT, file: str | Path) -> None:
+    """Load model.safetensors into `model`, refusing missing, unexpected or mis-shaped tensors by name."""
+    file = Path(file)
+    if not file.is_file():
+        raise CheckpointError(f"{file.parent}: {file.name} is missing")
+    try:
+        state = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
+    expected = _untied_state_dict(model)
+    problems = [f"missing tensor {k}" for k in expected if k not in state]
+    problems += [f"unexpected tensor {k}" for k in state if k not in expected]
+    problems += [f"{k}: shape {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the config"
+                 for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise CheckpointError(f"{file}: does not match its config.json: {shown}")
+    model.load_state_dict(state, strict=False)  # the tied names left out are the same tensor as loaded ones
+
+
+def load_train_state(path: str | Path) -> dict:
+    d = resolve(path)
+    try:
+        return torch.load(d / STATE, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{d}: no {STATE}; only a last/ checkpoint can be resumed") from None
+    except Exception as e:  # torch raises several types for a corrupt zip/pickle
+        raise CheckpointError(f"{d / STATE}: unreadable ({type(e).__name__}: {e})") from None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path.parent}: {path.name} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return obj

@@ -1,0 +1,186 @@
+"""From corpus names to memory-mapped token files and random training batches.
+
+    resolve_corpus("tiny_shakespeare" | URL | path)  -> local paths (URLs downloaded once into a cache)
+    read_corpus(paths)                               -> list of texts (UTF-8, errors reported with byte offsets)
+    prepare(texts, tokenizer, out_dir, val_frac)     -> train.bin / val.bin beside the checkpoints, reused by hash
+    load_split(path)                                 -> np.memmap of token ids
+    get_batch(data, block_size, batch_size, gen)     -> (x, y) int64 tensors of shape (B, T)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BUILTIN_CORPORA = {
+    "tiny_shakespeare": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+}
+MAGIC = b"SGPTTOK\0"  # 8 bytes
+BIN_VERSION = 1
+HEADER_BYTES = 32  # magic, version (u4), itemsize (u4), count (u8), padding: keeps the ids 32-byte aligned
+
+
+class DataError(ValueError):
+    """Bad corpus or data file; the message is one line meant for the user."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SCRATCHGPT_CACHE", Path.home() / ".cache" / "scratchgpt")) / "corpora"
+
+
+# -----------------------------------------------------------------------------
+# finding and reading the corpus
+
+def resolve_corpus(spec: str, cache: Path | None = None, timeout: float = 60.0) -> Path:
+    """A built-in name, an http(s) URL (downloaded once into the cache) or a local file path -> local path."""
+    url = BUILTIN_CORPORA.get(spec, spec)
+    if url.startswith(("http://", "https://")):
+        return _download(url, cache or cache_dir(), timeout, name=spec if spec in BUILTIN_CORPORA else None)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DataError(f"corpus not found: {spec} (a file path, a URL, or one of: {', '.join(BUILTIN_CORPORA)})")
+    if path.is_dir():
+        raise DataError(f"corpus is a directory, not a text file: {spec}")
+    return path
+
+
+def _download(url: str, cache: Path, timeout: float, name: str | None = None) -> Path:
+    stem = name or Path(url.split("?")[0]).name or "corpus"
+    dest = cache / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{stem}"
+    if dest.is_file():
+        return dest
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + f".part{os.getpid()}")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
+            shutil.copyfileobj(r, f)
+        os.replace(tmp, dest)  # only a complete download is ever seen under its final name
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise DataError(f"could not download {url}: {reason}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def read_text(path: Path, errors: str = "strict") -> str:
+    """Read one UTF-8 file. With errors='strict', a bad byte is reported by its offset; 'replace' swaps in U+FFFD."""
+    if errors not in ("strict", "replace"):
+        raise DataError(f"encoding errors must be 'strict' or 'replace', got {errors!r}")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not valid UTF-8: byte 0x{data[e.start]:02x} at offset {e.start} "
+                        f"(use --encoding-errors replace to substitute U+FFFD)") from None
+    if "\x00" in text:
+        raise DataError(f"{path} looks like a binary file (NUL byte at character {text.index(chr(0))})")
+    if not text.strip():
+        raise DataError(f"{path} is empty" + (" (only whitespace)" if text else ""))
+    return text
+
+
+def read_corpus(specs: list[str], errors: str = "strict") -> tuple[list[str], list[Path]]:
+    paths = [resolve_corpus(s) for s in specs]
+    return [read_text(p, errors) for p in paths], paths
+
+
+# -----------------------------------------------------------------------------
+# tokenized splits on disk
+
+def prepare(texts: list[str], tokenizer, out_dir: str | Path, val_frac: float = 0.1,
+            min_tokens: int = 2) -> dict:
+    """Tokenize once into OUT/train.bin and OUT/val.bin, reused while corpus, tokenizer and split are unchanged.
+
+    Documents are joined with the end-of-text token when the tokenizer has one. The last `val_frac` of the token
+    stream is validation. Returns the info dict saved as OUT/data.json (token and byte counts for bits per byte).
+    """
+    if not 0.0 < val_frac < 1.0:
+        raise DataError(f"--val-frac must be between 0 and 1 (exclusive), got {val_frac}")
+    out_dir = Path(out_dir)
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(hashlib.sha256(t.encode("utf-8", "surrogatepass")).digest())
+    h.update(tokenizer_fingerprint(tokenizer).encode())
+    h.update(f"val_frac={val_frac}".encode())
+    key = h.hexdigest()
+
+    info_path = out_dir / "data.json"
+    if info_path.exists() and (out_dir / "train.bin").exists() and (out_dir / "val.bin").exists():
+        info = json.loads(info_path.read_text())
+        if info.get("key") == key and min(info["train_tokens"], info["val_tokens"]) >= min_tokens:
+            return info
+
+    eot = getattr(tokenizer, "eot_id", None)
+    ids: list[int] = []
+    for i, doc in enumerate(tokenizer.encode_batch(texts)):
+        if i and eot is not None:
+            ids.append(eot)
+        ids.extend(doc)
+    n_val = int(len(ids) * val_frac)
+    train, val = ids[: len(ids) - n_val], ids[len(ids) - n_val:]
+    for name, part in (("train", train), ("val", val)):
+        if len(part) < min_tokens:
+            raise DataError(f"the {name} split has {len(part)} tokens, fewer than block_size + 1 = {min_tokens}: "
+                            f"use a longer corpus, a smaller --block-size, or a different --val-frac")
+    out_dir.mkdir(parents=True, exist_ok=True)  # only now: a corpus that fails the checks leaves nothing behind
+    dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
+    write_tokens(out_dir / "train.bin", np.asarray(train, dtype=dtype))
+    write_tokens(out_dir / "val.bin", np.asarray(val, dtype=dtype))
+    info = {"key": key, "train_tokens": len(train), "val_tokens": len(val),
+            "train_bytes": len(tokenizer.decode_bytes(train)), "val_bytes": len(tokenizer.decode_bytes(val)),
+            "dtype": np.dtype(dtype).name}
+    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of the tokenizer's saved form: same file, same token ids."""
+    with tempfile.TemporaryDirectory() as d:
+        tokenizer.save(Path(d) / "tokenizer.json")
+        return hashlib.sha256((Path(d) / "tokenizer.json").read_bytes()).hexdigest()
+
+
+def write_tokens(path: Path, ids: np.ndarray) -> None:
+    header = MAGIC + np.array([BIN_VERSION, ids.dtype.itemsize], "<u4").tobytes() + np.array([len(ids)], "<u8").tobytes()
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(header.ljust(HEADER_BYTES, b"\0"))
+        f.write(ids.astype(ids.dtype.newbyteorder("<"), copy=False).tobytes())
+    os.replace(tmp, path)
+
+
+def load_split(path: str | Path) -> np.memmap:
+    """Memory-map a token file written by write_tokens, checking its header."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        header = f.read(HEADER_BYTES)
+    if len(header) < HEADER_BYTES or header[:8] != MAGIC:
+        raise DataError(f"{path} is not a scratchgpt token file")
+    version, itemsize = np.frombuffer(header[8:16], "<u4")
+    (count,) = np.frombuffer(header[16:24], "<u8")
+    if version != BIN_VERSION or itemsize not in (2, 4):
+        raise DataError(f"{path}: unsupported token file (version {version}, itemsize {itemsize})")
+    if path.stat().st_size != HEADER_BYTES + int(count) * int(itemsize):
+        raise DataError(f"{path} is truncated: header says {count} tokens")
+    return np.memmap(path, dtype="<u2" if itemsize == 2 else "<u4", mode="r", offset=HEADER_BYTES, shape=(int(count),))
+
+
+def get_batch(data: np.ndarray, block_size: int, batch_size: int, generator: torch.Generator,
+              device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows: x (B, T) and y (B, T) shifted by one. The generator is the only source of randomness."""
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
+    xy = torch.from_numpy(np.stack([data[i: i + block_size + 1] for i in ix]).astype(np.int64))
+    x, y = xy[:, :-1], xy[:, 1:]
+    if torch.device(device).type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.contiguous().to(device), y.contiguous().to(device)

@@ -1,0 +1,156 @@
+"""Train a tokenizer and a GPT on any text file: python train_cli.py --corpus input.txt
+
+Settings come from, in increasing priority: the defaults (sized for about 5 minutes on a laptop CPU), --preset,
+--config FILE (JSON or YAML, flat keys or {"model": {...}, "train": {...}} as in a checkpoint's config.json), and
+the flags themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+PRESETS = {
+    # a few CPU minutes
+    "tiny": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128, "batch_size": 32, "time_budget": 120},
+    # a longer CPU run or a small GPU
+    "small": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "batch_size": 32, "dropout": 0.1,
+              "vocab_size": 4096, "time_budget": 1800},
+    # GPT-2 small shape, for a GPU
+    "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "batch_size": 16, "grad_accum": 4,
+             "vocab_size": 32768, "lr": 6e-4, "min_lr": 6e-5, "warmup_steps": 500, "eval_interval": 500,
+             "max_steps": 20000, "compile": True},
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage + error
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # every default is None so that the flags a user actually typed can be told apart (presets, --resume)
+    p = _Parser(prog="train_cli.py", description="Train a byte-level BPE tokenizer and a GPT on a text corpus.",
+                argument_default=None)
+    p.add_argument("--corpus", nargs="+", help="text file(s), an http(s) URL, or tiny_shakespeare")
+    p.add_argument("--out", help="checkpoint directory (default checkpoints/<corpus name>)")
+    p.add_argument("--config", help="JSON or YAML file of settings; flags override it")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named set of settings; flags override it")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last/ checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the checkpoints already in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("tokenizer and data")
+    g.add_argument("--tokenizer", choices=["bpe", "char"])
+    g.add_argument("--vocab-size", type=int)
+    g.add_argument("--val-frac", type=float)
+    g.add_argument("--encoding-errors", choices=["strict", "replace"])
+    g = p.add_argument_group("model")
+    g.add_argument("--n-layer", type=int)
+    g.add_argument("--n-head", type=int)
+    g.add_argument("--n-embd", type=int)
+    g.add_argument("--block-size", type=int)
+    g.add_argument("--dropout", type=float)
+    g.add_argument("--bias", action=argparse.BooleanOptionalAction)
+    g.add_argument("--pos", choices=["rope", "learned", "sinusoidal"])
+    g.add_argument("--norm", choices=["rmsnorm", "layernorm"])
+    g.add_argument("--mlp", choices=["swiglu", "gelu"])
+    g.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction)
+    g = p.add_argument_group("training")
+    for flag, typ in [("--batch-size", int), ("--grad-accum", int), ("--lr", float), ("--muon-lr", float),
+                      ("--min-lr", float), ("--warmup-steps", int), ("--weight-decay", float), ("--grad-clip", float),
+                      ("--max-steps", int), ("--time-budget", float), ("--eval-interval", int),
+                      ("--eval-iters", int), ("--log-interval", int), ("--sample-tokens", int), ("--seed", int)]:
+        g.add_argument(flag, type=typ)
+    g.add_argument("--optimizer", choices=["adamw", "muon"])
+    g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction)
+    return p
+
+
+def read_config_file(path: str) -> dict:
+    """Flat settings from a JSON or YAML file (a checkpoint's nested config.json works too)."""
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith((".yaml", ".yml")):
+        import yaml  # PyYAML comes with gradio
+
+        d = yaml.safe_load(text)
+    else:
+        d = json.loads(text)
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a mapping of settings")
+    if "model" in d or "train" in d:
+        d = {**d.get("model", {}), **d.get("train", {})}
+    return {k.replace("-", "_"): v for k, v in d.items() if k not in ("version",)}
+
+
+def split_settings(settings: dict) -> tuple[dict, dict]:
+    """Route flat settings to ModelConfig and TrainConfig fields; unknown names are an error."""
+    from llm.model import ModelConfig
+    from llm.train import TrainConfig
+
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(settings) - model_fields - train_fields)
+    if unknown:
+        raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
+    return ({k: v for k, v in settings.items() if k in model_fields},
+            {k: v for k, v in settings.items() if k in train_fields})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from llm.config import from_dict
+    from llm.model import ModelConfig
+    from llm.train import TrainConfig, TrainingError, train
+
+    meta_flags = {"config", "preset", "resume", "overwrite", "no_progress"}
+    flags = {k: v for k, v in vars(args).items() if v is not None and k not in meta_flags}
+    if "corpus" in flags:
+        flags["corpus"] = tuple(flags["corpus"])
+    try:
+        settings = dict(PRESETS.get(args.preset, {}))
+        if args.config:
+            settings.update(read_config_file(args.config))
+        settings.update(flags)
+        if isinstance(settings.get("corpus"), str):
+            settings["corpus"] = (settings["corpus"],)
+        if not settings.get("corpus") and not (args.resume and settings.get("out")):
+            raise ValueError("--corpus is required (a text file, a URL, or tiny_shakespeare)")
+        if "out" not in settings:
+            settings["out"] = str(Path("checkpoints") / _corpus_name(settings["corpus"][0]))
+        model_kw, train_kw = split_settings(settings)
+        model_cfg, train_cfg = from_dict(ModelConfig, model_kw), from_dict(TrainConfig, train_kw)
+        model_flags, train_flags = split_settings(flags)
+        summary = train(model_cfg, train_cfg, resume=args.resume, model_overrides=model_flags,
+                        train_overrides=train_flags, overwrite=args.overwrite, progress=not args.no_progress)
+    except (ValueError, TrainingError, OSError) as e:
+        print(f"train_cli.py: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("train_cli.py: interrupted; last/ holds the most recent saved checkpoint", file=sys.stderr)
+        return 130
+
+    out = summary["out"]
+    if summary["interrupted"]:
+        print(f"stopped at step {summary['step']}; saved {out}/last. Continue with: "
+              f"python train_cli.py --out {out} --resume")
+        return 130 if summary["interrupted"] == 2 else 0  # SIGINT is signal 2
+    if summary["best_val_loss"] is not None:
+        print(f"best val loss {summary['best_val_loss']:.4f}, {summary['best_bits_per_byte']:.3f} bits per byte "
+              f"({summary['step']} steps, {summary['train_time']:.0f} s of training, {summary['params']:,} params)")
+    print(f"checkpoints: {out}/best and {out}/last")
+    print(f"open it in the playground: python app.py --checkpoint {out}")
+    return 0
+
+
+def _corpus_name(spec: str) -> str:
+    name = Path(spec.split("?")[0].rstrip("/")).stem
+    return name or "corpus"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
