@@ -122,9 +122,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--corpus is required (a text file, a URL, or tiny_shakespeare)")
         if "out" not in settings:
             settings["out"] = str(Path("checkpoints") / _corpus_name(settings["corpus"][0]))
-        model_kw, train_kw = split_settings(settings)
-        model_cfg, train_cfg = from_dict(ModelConfig, model_kw), from_dict(TrainConfig, train_kw)
         model_flags, train_flags = split_settings(flags)
+        if args.resume:  # the configs come from OUT/last; train() checks the flags against them
+            model_cfg, train_cfg = None, TrainConfig(out=settings["out"])
+        else:
+            model_kw, train_kw = split_settings(settings)
+            model_cfg, train_cfg = from_dict(ModelConfig, model_kw), from_dict(TrainConfig, train_kw)
         summary = train(model_cfg, train_cfg, resume=args.resume, model_overrides=model_flags,
                         train_overrides=train_flags, overwrite=args.overwrite, progress=not args.no_progress)
     except (ValueError, TrainingError, OSError) as e:

@@ -15,6 +15,7 @@ import math
 import random
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -173,13 +174,13 @@ def estimate_loss(model: GPT, splits: dict[str, np.ndarray], block_size: int, ba
 
 def sample_text(model: GPT, tokenizer, max_new_tokens: int, seed: int) -> str:
     """A short sample for the log, from the start of a document."""
-    from llm.sample import SampleConfig, generate_text
+    from llm.sample import SampleConfig, generate
 
     was_training = model.training
     model.eval()
     try:
         cfg = SampleConfig(max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, seed=seed)
-        return generate_text(model, tokenizer, "\n", cfg)
+        return "".join(e.text for e in generate(model, tokenizer, "\n", cfg))
     finally:
         model.train(was_training)
 
@@ -236,13 +237,21 @@ class _StopFlag:
                 signal.signal(s, h)
 
 
-def build_tokenizer(texts: list[str], cfg: TrainConfig, verbose: bool = True):
-    if cfg.tokenizer == "char":
-        return CharTokenizer.train("".join(texts))
-    try:
-        return Tokenizer.train(iter(texts), cfg.vocab_size, verbose=verbose)
-    except ValueError as e:
-        raise TrainingError(f"tokenizer: {e}") from None
+def build_tokenizer(texts: list[str], cfg: TrainConfig, verbose: bool = True,
+                    log: Callable[[str], None] = tqdm.write):
+    """Train the run's tokenizer; its warnings (a corpus too small for the vocabulary) go to the log."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if cfg.tokenizer == "char":
+                tok = CharTokenizer.train("".join(texts))
+            else:
+                tok = Tokenizer.train(iter(texts), cfg.vocab_size, verbose=verbose)
+        except ValueError as e:
+            raise TrainingError(f"tokenizer: {e}") from None
+    for w in caught:
+        log(f"tokenizer: {w.message}")
+    return tok
 
 
 def check_resume(saved_model: ModelConfig, saved_train: TrainConfig, model_overrides: dict,
@@ -258,7 +267,7 @@ def check_resume(saved_model: ModelConfig, saved_train: TrainConfig, model_overr
     return saved_model, dataclasses.replace(saved_train, **changes)
 
 
-def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False, model_overrides: dict | None = None,
+def train(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = False, model_overrides: dict | None = None,
           train_overrides: dict | None = None, overwrite: bool = False, progress: bool = True,
           log: Callable[[str], None] = tqdm.write) -> dict:
     """Train, writing OUT/best, OUT/last and OUT/metrics.jsonl. Returns a summary of the run.
@@ -296,7 +305,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False, model_
 
     texts, _ = read_corpus(list(cfg.corpus), cfg.encoding_errors)
     if not resume:
-        tokenizer = build_tokenizer(texts, cfg, verbose=progress)
+        tokenizer = build_tokenizer(texts, cfg, verbose=progress, log=log)
     model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
     info = prepare(texts, tokenizer, out, cfg.val_frac, min_tokens=model_cfg.block_size + 1)
     splits = {"train": load_split(out / "train.bin"), "val": load_split(out / "val.bin")}
@@ -354,9 +363,10 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False, model_
         improved = losses["val"] < best_val
         if improved:
             best_val = losses["val"]
-        save("last", losses["val"], bpb)  # last first: it carries best_val, so a crash now cannot lose track
-        if improved:
-            save("best", losses["val"], bpb)
+        if bad_in_a_row == 0 and math.isfinite(losses["val"]):  # never save a run that is going wrong
+            save("last", losses["val"], bpb)  # last first: it carries best_val, so a crash cannot lose track
+            if improved:
+                save("best", losses["val"], bpb)
         if cfg.sample_tokens:
             row["sample"] = sample_text(model, tokenizer, cfg.sample_tokens, cfg.seed)
         append_metrics(out, row)

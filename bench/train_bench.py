@@ -1,0 +1,103 @@
+"""Training speed and quality on tiny shakespeare, side by side in one run.
+
+    python bench/train_bench.py [--corpus ../shared/data/tinyshakespeare.txt] [--skip-default-run]
+
+(a) reference: nanoGPT's CPU "baby GPT" (4 layers, 4 heads, 128 dims, block 64, batch 12, learned positions,
+    LayerNorm, GELU, AdamW lr 1e-3, warmup 100, cosine to 1e-4 over 2000 steps, dropout 0), character level;
+(b) this project's default architecture and optimizer, character level, given the wall-clock time (a) took;
+(c) `python train_cli.py --corpus FILE` with nothing else (BPE, defaults, 5 minutes).
+Prints val loss against training time for (a) and (b), the time each needs to reach 1.89, and (c)'s bits per byte.
+Training time excludes evaluation, for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from llm.checkpoint import read_metrics  # noqa: E402
+from llm.model import ModelConfig  # noqa: E402
+from llm.train import TrainConfig, train  # noqa: E402
+
+TARGET = 1.89
+
+
+def run(name: str, model_cfg: ModelConfig, cfg: TrainConfig) -> list[dict]:
+    t = time.time()
+    train(model_cfg, cfg, overwrite=True, progress=False, log=lambda s: None)
+    rows = [r for r in read_metrics(cfg.out) if r["kind"] == "eval"]
+    print(f"{name}: {rows[-1]['step']} steps, {rows[-1]['train_time']:.1f} s training "
+          f"({time.time() - t:.1f} s with evals), final val {rows[-1]['val_loss']:.4f}", flush=True)
+    return rows
+
+
+def time_to(rows: list[dict], target: float) -> float | None:
+    return next((r["train_time"] for r in rows if r["val_loss"] <= target), None)
+
+
+def val_at(rows: list[dict], t: float) -> float:
+    return min(r["val_loss"] for r in rows if r["train_time"] <= t * 1.001)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--corpus", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
+    p.add_argument("--skip-default-run", action="store_true", help="skip (c), the 5-minute BPE run")
+    p.add_argument("--skip-reference", type=float, default=0.0,
+                   help="seconds: skip (a) and give (b) this budget instead")
+    args = p.parse_args()
+    corpus = str(Path(args.corpus).resolve())
+    tmp = Path(tempfile.mkdtemp(prefix="train_bench_"))
+    common = dict(corpus=(corpus,), tokenizer="char", eval_iters=50, sample_tokens=0, seed=1337)
+
+    ref_rows = []
+    if not args.skip_reference:
+        ref_model = ModelConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False,
+                                pos="learned", norm="layernorm", mlp="gelu", tie_embeddings=True)
+        ref_train = TrainConfig(**common, out=str(tmp / "ref"), batch_size=12, lr=1e-3, min_lr=1e-4,
+                                warmup_steps=100, max_steps=2000, optimizer="adamw", beta2=0.99, weight_decay=0.1,
+                                grad_clip=1.0, eval_interval=100)
+        ref_rows = run("(a) nanoGPT baby GPT", ref_model, ref_train)
+    budget = args.skip_reference or ref_rows[-1]["train_time"]
+
+    def_train = TrainConfig(**common, out=str(tmp / "default"), time_budget=budget, eval_interval=25)
+    def_rows = run("(b) project default", ModelConfig(), def_train)
+
+    print(f"\nval loss against training time (machine: {platform.machine()}, {os.cpu_count()} cores, "
+          f"torch threads {__import__('torch').get_num_threads()})")
+    print(f"{'seconds':>8} | {'(a) reference':>14} | {'(b) default':>12}")
+    for frac in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0):
+        t = budget * frac
+        a = f"{val_at(ref_rows, t):.4f}" if ref_rows and any(r["train_time"] <= t * 1.001 for r in ref_rows) else "-"
+        b = f"{val_at(def_rows, t):.4f}" if any(r["train_time"] <= t * 1.001 for r in def_rows) else "-"
+        print(f"{t:8.1f} | {a:>14} | {b:>12}")
+    t_ref, t_def = time_to(ref_rows, TARGET) if ref_rows else None, time_to(def_rows, TARGET)
+    print(f"\ntime to val loss {TARGET}: reference {t_ref and f'{t_ref:.1f} s'}, default {t_def and f'{t_def:.1f} s'}"
+          + (f" ({t_def / budget:.0%} of the reference's {budget:.1f} s)" if t_def else ""))
+    if ref_rows:
+        a, b = ref_rows[-1]["val_loss"], val_at(def_rows, budget)
+        print(f"at equal time ({budget:.1f} s): reference {a:.4f}, default {b:.4f}, difference {a - b:.4f}")
+
+    if not args.skip_default_run:
+        out = tmp / "cli"
+        t = time.time()
+        subprocess.run([sys.executable, str(ROOT / "train_cli.py"), "--corpus", corpus, "--out", str(out),
+                        "--no-progress"], check=True, stdout=subprocess.DEVNULL)
+        best = json.loads((out / "best" / "meta.json").read_text())
+        print(f"\n(c) train_cli.py --corpus {Path(corpus).name} (defaults, BPE): best val bits per byte "
+              f"{best['bits_per_byte']:.3f} (val loss {best['val_loss']:.4f}) after {best['step']} steps, "
+              f"{time.time() - t:.0f} s wall in all")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""The trainer end to end on a few KB of text: checkpoints, resume exactness, signals, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train_cli
+from conftest import ROOT, TINY, make_text
+from llm import train as train_mod
+from llm.checkpoint import load_checkpoint, read_metrics
+
+
+def losses_by_step(out):
+    return {r["step"]: r["loss"] for r in read_metrics(out) if r["kind"] == "train"}
+
+
+def test_end_to_end_tiny_run(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = train_cli.main(["--corpus", str(corpus), "--out", str(out), *TINY, "--max-steps", "30",
+                         "--eval-interval", "10", "--log-interval", "1"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "best val loss" in printed and f"python app.py --checkpoint {out}" in printed
+    losses = losses_by_step(out)
+    assert len(losses) == 30
+    assert sum(list(losses.values())[-5:]) / 5 < sum(list(losses.values())[:5]) / 5 - 0.5  # loss falls
+    evals = [r for r in read_metrics(out) if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [10, 20, 30]
+    assert all(r["bits_per_byte"] > 0 and "sample" in r for r in evals)
+    for kind in ("best", "last"):
+        model, tok, meta = load_checkpoint(out / kind)
+        assert meta["step"] in (10, 20, 30) and meta["val_loss"] == min(
+            r["val_loss"] for r in evals if r["step"] <= meta["step"])
+        ids = torch.tensor([tok.encode("The king")])
+        logits, _ = model(ids)
+        assert logits.shape == (1, ids.shape[1], model.config.vocab_size)
+    assert (out / "last" / "train_state.pt").exists() and not (out / "best" / "train_state.pt").exists()
+    # no pickle needed for the training state either
+    state = torch.load(out / "last" / "train_state.pt", weights_only=True)
+    assert state["step"] == 30
+    # generation from the loaded best model
+    from llm.sample import SampleConfig, generate
+
+    model, tok, _ = load_checkpoint(out)
+    events = list(generate(model, tok, "The", SampleConfig(max_new_tokens=20, seed=0)))
+    assert 1 <= len(events) <= 20 and all(0 <= e.token_id < tok.vocab_size for e in events)
+    assert "".join(e.text for e in events) == tok.decode([e.token_id for e in events if e.token_id != tok.eot_id])
+
+
+def _run_cli(args, cwd, **kw):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, str(ROOT / "train_cli.py"), *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_resume_is_exact(corpus, tmp_path):
+    """SIGINT a run mid-way, resume it: every step's loss equals the uninterrupted run's, bit for bit."""
+    common = [*TINY, "--corpus", str(corpus), "--max-steps", "60", "--eval-interval", "15", "--log-interval", "1",
+              "--dropout", "0.1"]
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    p = _run_cli([*common, "--out", str(ref)], tmp_path)
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+
+    p = _run_cli([*common, "--out", str(cut)], tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(losses_by_step(cut)) < 8:
+        time.sleep(0.01)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    stopped_at = json.loads((cut / "last" / "meta.json").read_text())["step"]
+    assert 8 <= stopped_at < 60, "the run finished before the signal; make it longer"
+
+    p = _run_cli([*common, "--out", str(cut), "--resume"], tmp_path)
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    a, b = losses_by_step(ref), losses_by_step(cut)
+    assert sorted(a) == sorted(b) == list(range(1, 61))
+    assert [a[s] for s in range(1, 61)] == [b[s] for s in range(1, 61)]
+    ra = [r["val_loss"] for r in read_metrics(ref) if r["kind"] == "eval"]
+    rb = [r["val_loss"] for r in read_metrics(cut) if r["kind"] == "eval"]
+    assert ra == rb
+
+
+def test_resume_refuses_conflicting_flags(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_cli.main(["--corpus", str(corpus), "--out", str(out), *TINY, "--max-steps", "4",
+                           "--eval-interval", "4"]) == 0
+    before = (out / "last" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    rc = train_cli.main(["--out", str(out), "--resume", "--n-embd", "64", "--lr", "0.1", "--max-steps", "8"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--n-embd" in err and "--lr" in err and len(err.strip().splitlines()) == 1
+    assert (out / "last" / "model.safetensors").read_bytes() == before
+    # a new run into the same directory would replace saved work: refused without --overwrite
+    rc = train_cli.main(["--corpus", str(corpus), "--out", str(out), *TINY, "--max-steps", "4"])
+    assert rc == 1 and "--resume" in capsys.readouterr().err
+
+
+def test_best_never_overwritten_by_worse_eval(corpus, tmp_path, monkeypatch):
+    vals = iter([3.0, 2.0, 2.5, 1.5, 4.0])
+
+    def fake_estimate(model, splits, *a, **k):
+        v = next(vals)
+        return {"train": v, "val": v}
+
+    monkeypatch.setattr(train_mod, "estimate_loss", fake_estimate)
+    out = tmp_path / "run"
+    rc = train_cli.main(["--corpus", str(corpus), "--out", str(out), *TINY, "--max-steps", "10",
+                         "--eval-interval", "2", "--sample-tokens", "0"])
+    assert rc == 0
+    best = json.loads((out / "best" / "meta.json").read_text())
+    last = json.loads((out / "last" / "meta.json").read_text())
+    assert (best["step"], best["val_loss"]) == (8, 1.5)
+    assert (last["step"], last["val_loss"]) == (10, 4.0)
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoints(corpus, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert train_cli.main(["--corpus", str(corpus), "--out", str(out), *TINY, "--max-steps", "4",
+                           "--eval-interval", "2"]) == 0
+    saved = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "metrics.jsonl"}
+    real_forward = train_mod.GPT.forward
+
+    def nan_forward(self, idx, targets=None, **kw):
+        logits, loss = real_forward(self, idx, targets, **kw)
+        return logits, (loss * float("nan") if loss is not None else None)
+
+    monkeypatch.setattr(train_mod.GPT, "forward", nan_forward)
+    capsys.readouterr()
+    rc = train_cli.main(["--out", str(out), "--resume", "--max-steps", "20"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "not finite for 5 steps" in err
+    assert {p: p.read_bytes() for p in saved} == saved
+
+
+def test_sigterm_then_second_signal_leaves_no_partial_files(corpus, tmp_path):
+    out = tmp_path / "run"
+    p = _run_cli(["--corpus", str(corpus), "--out", str(out), *TINY, "--max-steps", "100000",
+                  "--eval-interval", "1000", "--log-interval", "1"], tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(losses_by_step(out)) < 3:
+        time.sleep(0.01)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=120) == 0
+    model, _, meta = load_checkpoint(out / "last")
+    assert meta["step"] >= 3
+    assert not [f for f in out.iterdir() if f.name.startswith(".")]
+
+
+BAD = [
+    (lambda t: ["--corpus", str(t / "missing.txt")], "not found"),
+    (lambda t: ["--corpus", str(t)], "directory"),
+    (lambda t: ["--corpus", _write(t / "e.txt", b"")], "empty"),
+    (lambda t: ["--corpus", _write(t / "w.txt", b" \n\n\t ")], "whitespace"),
+    (lambda t: ["--corpus", _write(t / "b.bin", bytes([0, 1, 2, 3]) * 100)], "binary"),
+    (lambda t: ["--corpus", _write(t / "u.txt", b"good text \xff\xfe more")], "offset 10"),
+    (lambda t: ["--corpus", _write(t / "s.txt", b"just a few words here"), "--block-size", "64"], "block_size"),
+    (lambda t: ["--corpus", _write(t / "ok.txt", make_text().encode()), "--lr", "-1"], "--lr"),
+    (lambda t: ["--corpus", _write(t / "ok.txt", make_text().encode()), "--batch-size", "0"], "--batch-size"),
+    (lambda t: ["--corpus", _write(t / "ok.txt", make_text().encode()), "--vocab-size", "100"], "--vocab-size"),
+    (lambda t: ["--corpus", _write(t / "ok.txt", make_text().encode()), "--n-embd", "30", "--n-head", "4"], "n_head"),
+]
+
+
+def _write(path, content: bytes) -> str:
+    path.write_bytes(content)
+    return str(path)
+
+
+@pytest.mark.parametrize("make_args,match", BAD)
+def test_bad_input_one_line_nothing_written(tmp_path, monkeypatch, capsys, make_args, match):
+    monkeypatch.chdir(tmp_path)
+    args = make_args(tmp_path)
+    before = set(tmp_path.rglob("*"))
+    rc = train_cli.main([*args, "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0
+    assert len(err.splitlines()) == 1 and match in err and "Traceback" not in err
+    assert set(tmp_path.rglob("*")) == before
+
+
+def test_bad_flag_is_one_line_from_the_real_entry_point(tmp_path):
+    p = _run_cli(["--corpus", "x.txt", "--batch-size", "many"], tmp_path)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 2 and len(err.strip().splitlines()) == 1 and "--batch-size" in err
+    p = _run_cli(["--corpus", str(tmp_path / "missing.txt")], tmp_path)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_config_file_and_presets(corpus, tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("n_layer: 1\nn_embd: 32\nn_head: 2\nblock_size: 16\nmax_steps: 3\neval_interval: 3\n")
+    out = tmp_path / "run"
+    rc = train_cli.main(["--corpus", str(corpus), "--out", str(out), "--config", str(cfg), "--preset", "tiny",
+                         "--batch-size", "4", "--vocab-size", "280", "--eval-iters", "1", "--no-progress",
+                         "--sample-tokens", "0"])
+    assert rc == 0, capsys.readouterr().err
+    conf = json.loads((out / "last" / "config.json").read_text())
+    assert (conf["model"]["n_layer"], conf["model"]["block_size"], conf["train"]["batch_size"]) == (1, 16, 4)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"n_layers": 3}')
+    rc = train_cli.main(["--corpus", str(corpus), "--config", str(bad)])
+    assert rc == 1 and "n_layers" in capsys.readouterr().err
