@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     g.add_argument("--compile", action=argparse.BooleanOptionalAction)
+    g = p.add_argument_group("Hugging Face Hub")
+    g.add_argument("--push-to-hub", metavar="USER/NAME", help="upload OUT/best with a model card when training ends")
+    g.add_argument("--hub-private", action="store_true", help="create that repo private")
     return p
 
 
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     from llm.model import ModelConfig
     from llm.train import TrainConfig, TrainingError, train
 
-    meta_flags = {"config", "preset", "resume", "overwrite", "no_progress"}
+    meta_flags = {"config", "preset", "resume", "overwrite", "no_progress", "push_to_hub", "hub_private"}
     flags = {k: v for k, v in vars(args).items() if v is not None and k not in meta_flags}
     if "corpus" in flags:
         flags["corpus"] = tuple(flags["corpus"])
@@ -123,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         if "out" not in settings:
             settings["out"] = str(Path("checkpoints") / _corpus_name(settings["corpus"][0]))
         model_flags, train_flags = split_settings(flags)
+        if args.push_to_hub:  # fail before training, not after it
+            from llm.hub import check_can_push
+
+            check_can_push(args.push_to_hub)
         if args.resume:  # the configs come from OUT/last; train() checks the flags against them
             model_cfg, train_cfg = None, TrainConfig(out=settings["out"])
         else:
@@ -147,6 +154,16 @@ def main(argv: list[str] | None = None) -> int:
               f"({summary['step']} steps, {summary['train_time']:.0f} s of training, {summary['params']:,} params)")
     print(f"checkpoints: {out}/best and {out}/last")
     print(f"open it in the playground: python app.py --checkpoint {out}")
+    if args.push_to_hub:
+        from llm.hub import push_checkpoint
+
+        try:
+            url = push_checkpoint(out, args.push_to_hub, private=args.hub_private)
+        except (ValueError, OSError) as e:
+            print(f"train_cli.py: error: {e} (checkpoints are saved; retry: python -m llm.hub push {out} "
+                  f"{args.push_to_hub})", file=sys.stderr)
+            return 1
+        print(f"pushed to {url}; open it with: python app.py --checkpoint {args.push_to_hub}")
     return 0
 
 

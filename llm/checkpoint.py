@@ -140,7 +140,11 @@ def read_metrics(out_dir: str | Path) -> list[dict]:
 # reading
 
 def resolve(path: str | Path) -> Path:
-    """OUT/best, OUT/last or OUT (meaning best, else last) -> the checkpoint directory itself."""
+    """OUT/best, OUT/last or OUT (meaning best, else last), or a Hub repo id USER/NAME[@REV] -> the directory."""
+    if isinstance(path, str) and not Path(path).exists():
+        from llm.hub import resolve_checkpoint  # lazy: llm.hub imports this module
+
+        path = resolve_checkpoint(path)  # a repo id -> its snapshot in the HF cache; a path stays as it is
     path = Path(path)
     for cand in (path, path / "best", path / "last"):
         for d in (cand, cand.parent / f".{cand.name}.old"):  # .old: a crash between the two renames

@@ -340,7 +340,8 @@ def train(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = False,
     def save(kind: str, val_loss: float | None, bpb: float | None) -> None:
         meta = {"step": step, "tokens_seen": tokens_seen, "val_loss": val_loss, "bits_per_byte": bpb,
                 "train_time": train_time, "wall_time": time.time() - t_start + prior_wall,
-                "corpus": list(cfg.corpus), "device": str(device), "params": model.num_params()}
+                "corpus": list(cfg.corpus), "device": str(device), "params": model.num_params(),
+                "hardware": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type}
         train_state = None
         if kind == "last":
             train_state = {"step": step, "tokens_seen": tokens_seen, "train_time": train_time,
