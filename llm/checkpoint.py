@@ -66,6 +66,7 @@ def save_checkpoint(path: str | Path, model: GPT, tokenizer, train_config: Any =
         for name, content in (extra_files or {}).items():
             (tmp / name).write_bytes(content.encode() if isinstance(content, str) else content)
         for f in tmp.iterdir():
+            f.chmod(0o644)  # safetensors writes 0600; a checkpoint is meant to be shared
             _fsync(f)
         _fsync(tmp)
     except BaseException:  # includes a second Ctrl-C: leave no partial directory behind

@@ -1,0 +1,151 @@
+"""Playground start-up and streaming latency, as a user meets them.
+
+    python bench/app_bench.py [--checkpoint DIR] [--starts 3] [--requests 5] [--max-new-tokens 200]
+
+(a) seconds from `python app.py` (a fresh process: imports, checkpoint load, UI build) to its page being served;
+(b) through the API (gradio_client, as a browser's queue would): seconds from submitting `generate` to the first
+    streamed update that carries generated text, the run's tokens/s as the app reports it, and for scale the
+    round trip of a request that does almost nothing (`tokenize` of two characters).
+The checkpoint is the one app.py opens (or --checkpoint). Prints a Markdown table for bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_served(url: str, proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200 and b"gradio" in r.read().lower():
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} not served after {timeout:.0f} s")
+
+
+def start_app(checkpoint: str) -> tuple[subprocess.Popen, str, float]:
+    """Run `python app.py` and return (process, url, seconds until the page is served)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--checkpoint", checkpoint,
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_served(url, proc)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, url, time.perf_counter() - t0
+
+
+def stop_app(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def first_token(client, prompt: str, max_new_tokens: int, seed: int) -> tuple[float, str]:
+    """(seconds from submit to the first update with generated text, the final stats line)."""
+    t0 = time.perf_counter()
+    job = client.submit(prompt, max_new_tokens, 0.8, 0, 1.0, 0.0, 1.0, seed, "", api_name="/generate")
+    ttft = None
+    for text, _stats in job:
+        if ttft is None and len(text) > len(prompt):
+            ttft = time.perf_counter() - t0
+    final = job.outputs()[-1]
+    return (ttft if ttft is not None else float("nan")), final[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", default=None, help="default: what app.py opens")
+    p.add_argument("--starts", type=int, default=3, help="fresh `python app.py` processes to time")
+    p.add_argument("--requests", type=int, default=5, help="generate requests per measurement")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--prompt", default="ROMEO:\n")
+    args = p.parse_args(argv)
+
+    import app
+    from gradio_client import Client
+
+    checkpoint = str(Path(app.find_checkpoint(args.checkpoint)).resolve())
+    starts = []
+    for i in range(args.starts):
+        proc, url, dt = start_app(checkpoint)
+        starts.append(dt)
+        print(f"start {i + 1}: page served after {dt:.2f} s", flush=True)
+        if i < args.starts - 1:
+            stop_app(proc)
+    try:
+        client = Client(url, verbose=False)
+        cold, _ = first_token(client, args.prompt, args.max_new_tokens, seed=0)  # the first request after start
+        ttfts, tps = [], []
+        for i in range(1, args.requests + 1):
+            ttft, line = first_token(client, args.prompt, args.max_new_tokens, seed=i)
+            print(f"request {i}: first token after {1000 * ttft:.0f} ms; {line}", flush=True)
+            ttfts.append(ttft)
+            tps.append(float(re.search(r"([\d.]+) tokens/s", line).group(1)))
+        trips = []
+        for _ in range(args.requests):  # the queue's own latency: a request that does almost nothing
+            t = time.perf_counter()
+            client.predict("hi", api_name="/tokenize")
+            trips.append(time.perf_counter() - t)
+    finally:
+        stop_app(proc)
+
+    import torch
+
+    from llm.checkpoint import load_checkpoint
+
+    model, _, _ = load_checkpoint(checkpoint)
+    print()
+    print(f"checkpoint {checkpoint}: {model.num_params():,} parameters, {model.config.n_layer} layers x "
+          f"{model.config.n_embd}, block {model.config.block_size}")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
+    print()
+    print("| measure | median | min | max |")
+    print("|---|---|---|---|")
+    print(f"| `python app.py` to page served (s), {len(starts)} starts | {statistics.median(starts):.2f} | "
+          f"{min(starts):.2f} | {max(starts):.2f} |")
+    print(f"| first streamed token through the API (ms), {len(ttfts)} requests | "
+          f"{1000 * statistics.median(ttfts):.0f} | {1000 * min(ttfts):.0f} | {1000 * max(ttfts):.0f} |")
+    print(f"| generate through the API, {args.max_new_tokens} new tokens (tokens/s) | {statistics.median(tps):.0f} | "
+          f"{min(tps):.0f} | {max(tps):.0f} |")
+    print(f"| round trip of a trivial request, `tokenize` of 2 characters (ms) | {1000 * statistics.median(trips):.0f} "
+          f"| {1000 * min(trips):.0f} | {1000 * max(trips):.0f} |")
+    print(f"| first streamed token, first request after start (ms) | {1000 * cold:.0f} | | |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

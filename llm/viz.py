@@ -1,0 +1,420 @@
+"""View-model helpers for the playground: what the app shows, as plain data. No gradio here.
+
+    token_text, token_display, show_whitespace   a token as readable text: glyphs for whitespace, <0xNN> for
+                                                 bytes that are not valid UTF-8 on their own, special names
+    token_spans, highlight                       tokens coloured by probability or by id (HighlightedText data)
+    score_ids, perplexity                        the model's probability, top alternatives and entropy per position
+    alternative_rows, step_markdown              the table and the line shown for a chosen token
+    chunk_highlight, text_counts                 the tokenizer explorer: pre-split chunks, counts
+    merge_tree, merge_tree_text                  how a BPE token was built from bytes
+    search_vocab, special_rows, token_kind       the vocabulary browser
+    loss_curve_rows, summary_rows, format_count  the model tab's plot data and tables
+    attention_maps, attention_html               attention weights and their heatmap
+
+Token text is user text: whatever is built into HTML or Markdown here is escaped (html.escape, escape_markdown).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import html
+import math
+import string
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+GLYPHS = {" ": "·", "\t": "→", "\n": "↵\n", "\r": "␍"}  # the newline glyph keeps its line break
+PROB_LOW = 1e-4  # probabilities at or below this get the "least likely" colour (log scale up to 1)
+NO_COLOR = "#e5e7eb"  # tokens with nothing to colour by (the first prompt token has no probability)
+
+
+# -----------------------------------------------------------------------------
+# text of a token
+
+
+def show_whitespace(text: str) -> str:
+    """Spaces, tabs and newlines as visible glyphs; other control characters as <0xNN> / <U+NNNN>."""
+    out = []
+    for ch in text:
+        if ch in GLYPHS:
+            out.append(GLYPHS[ch])
+        elif unicodedata.category(ch) == "Cc":
+            out.append(f"<0x{ord(ch):02X}>" if ord(ch) < 256 else f"<U+{ord(ch):04X}>")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def token_text(b: bytes) -> str:
+    """Readable text of a token's bytes: valid UTF-8 with whitespace glyphs, other bytes as <0xNN>.
+
+    A token can be a piece of a multi-byte character (BPE merges bytes, not characters): those bytes are shown
+    as hex, so b" \\xe2\\x80" reads "·<0xE2><0x80>"."""
+    parts = []
+    while b:
+        try:
+            parts.append(show_whitespace(b.decode("utf-8")))
+            break
+        except UnicodeDecodeError as e:
+            parts.append(show_whitespace(b[: e.start].decode("utf-8")))
+            parts.append("".join(f"<0x{x:02X}>" for x in b[e.start : e.end]))
+            b = b[e.end :]
+    return "".join(parts)
+
+
+def token_display(tokenizer, token_id: int) -> str:
+    """token_text of one id; special tokens show their name."""
+    if token_id in tokenizer.special_tokens.values():
+        return next(s for s, i in tokenizer.special_tokens.items() if i == token_id)
+    return token_text(tokenizer.token_bytes(token_id))
+
+
+def escape_markdown(text: str) -> str:
+    """Text safe inside Markdown and HTML: every ASCII punctuation character becomes a numeric entity, so no
+    markup (Markdown or HTML) can come from it; newlines become spaces."""
+    return "".join(f"&#{ord(c)};" if c in string.punctuation else c for c in text.replace("\n", " "))
+
+
+# -----------------------------------------------------------------------------
+# colours
+
+
+def _hex(h: float, s: float, light: float) -> str:
+    r, g, b = colorsys.hls_to_rgb(h % 1.0, light, s)
+    return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
+
+
+def prob_color(p: float | None) -> str:
+    """Red (unlikely) through yellow to green (likely), on a log scale from PROB_LOW to 1."""
+    if p is None or math.isnan(p):
+        return NO_COLOR
+    x = (math.log10(max(p, PROB_LOW)) - math.log10(PROB_LOW)) / -math.log10(PROB_LOW)  # 0 .. 1
+    return _hex(x / 3.0, 0.75, 0.72)  # hue 0 (red) .. 1/3 (green)
+
+
+def id_color(token_id: int) -> str:
+    """A pastel colour per id; neighbouring ids get distant hues (golden-angle steps)."""
+    return _hex(token_id * 0.618033988749895, 0.65, 0.78)
+
+
+def prob_label(p: float | None) -> str:
+    if p is None:
+        return "start"
+    if p >= 0.995:
+        return "100%"
+    if p >= 0.01:
+        return f"{p:.0%}"
+    if p >= 0.001:
+        return f"{p:.1%}"
+    return "<0.1%"
+
+
+# -----------------------------------------------------------------------------
+# tokens as coloured spans
+
+
+@dataclass
+class Step:
+    """What the model thought at one position: probability of the token there, its top alternatives
+    (id, prob) most likely first, and the entropy of the distribution in nats."""
+
+    prob: float
+    alternatives: list[tuple[int, float]]
+    entropy: float
+
+
+@dataclass
+class TokenSpan:
+    index: int
+    id: int
+    text: str  # display text (token_display)
+    label: str  # shown with the token: its id, or its probability
+    color: str  # CSS hex colour
+    prob: float | None = None
+
+
+def token_spans(tokenizer, ids: Sequence[int], steps: Sequence[Step | None] | None = None,
+                color_by: str = "probability") -> list[TokenSpan]:
+    """One span per token. color_by "probability" (needs steps, None where unknown) or "id"."""
+    if color_by not in ("probability", "id"):
+        raise ValueError(f"color_by must be 'probability' or 'id', got {color_by!r}")
+    steps = list(steps) if steps is not None else [None] * len(ids)
+    if len(steps) != len(ids):
+        raise ValueError(f"{len(ids)} ids but {len(steps)} steps")
+    spans = []
+    for i, (t, step) in enumerate(zip(ids, steps)):
+        p = step.prob if step is not None else None
+        if color_by == "id":
+            label, color = str(t), id_color(t)
+        else:
+            label, color = prob_label(p), prob_color(p)
+        spans.append(TokenSpan(i, t, token_display(tokenizer, t), label, color, p))
+    return spans
+
+
+def highlight(spans: Iterable[TokenSpan]) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """Spans -> (value, color_map) for a highlighted-text view: [(text, label)], {label: colour}."""
+    value, colors = [], {}
+    for s in spans:
+        value.append((s.text, s.label))
+        colors[s.label] = s.color
+    return value, colors
+
+
+# -----------------------------------------------------------------------------
+# the model's view of a sequence
+
+
+@torch.inference_mode()
+def score_ids(model, ids: Sequence[int], num_alternatives: int = 10,
+              vocab_size: int | None = None) -> list[Step | None]:
+    """Step for every position of ids (one forward pass): the model's distribution given the tokens before.
+
+    The first position has no context, so it is None. ids must fit the model's block_size."""
+    T = len(ids)
+    if T > model.config.block_size:
+        raise ValueError(f"{T} tokens do not fit block_size {model.config.block_size}")
+    if T < 2:
+        return [None] * T
+    device = next(model.parameters()).device
+    x = torch.tensor([list(ids)], dtype=torch.long, device=device)  # (1, T)
+    V = min(vocab_size or model.config.vocab_size, model.config.vocab_size)
+    logits = model(x)[0][0, :-1, :V].float()  # (T-1, V): position t predicts token t+1
+    probs = logits.softmax(-1)
+    entropy = torch.special.entr(probs).sum(-1)  # (T-1,) nats
+    k = min(num_alternatives, V)
+    alt_p, alt_i = probs.topk(k, dim=-1)  # (T-1, k)
+    target = probs.gather(-1, x[0, 1:, None]).squeeze(-1)  # (T-1,)
+    rows = zip(target.tolist(), alt_i.tolist(), alt_p.tolist(), entropy.tolist())
+    return [None] + [Step(p, list(zip(ai, ap)), h) for p, ai, ap, h in rows]
+
+
+ALT_HEADERS = ["rank", "token", "id", "probability"]
+
+
+def alternative_rows(tokenizer, step: Step, chosen: int) -> list[list]:
+    """Rows of the alternatives table; the chosen token is marked, and added at the end when it was not among
+    the top alternatives."""
+    rows = []
+    for rank, (t, p) in enumerate(step.alternatives, 1):
+        mark = " ◀" if t == chosen else ""
+        rows.append([rank, token_display(tokenizer, t) + mark, t, round(p, 4)])
+    if chosen not in [t for t, _ in step.alternatives]:
+        rows.append(["…", token_display(tokenizer, chosen) + " ◀", chosen, round(step.prob, 4)])
+    return rows
+
+
+def step_markdown(tokenizer, token_id: int, step: Step | None, index: int, source: str) -> str:
+    """One line about a chosen token: what it is, its probability and the entropy at that step."""
+    tok = escape_markdown(token_display(tokenizer, token_id))
+    head = f"Token {index} ({source}): <code>{tok}</code>, id {token_id}"
+    if step is None:
+        return head + ". It is the first token: there is no context to predict it from."
+    return (f"{head}, probability **{step.prob:.2%}**. Entropy at this step: **{step.entropy:.2f} nats** "
+            f"({step.entropy / math.log(2):.2f} bits, as uncertain as a fair choice among "
+            f"{math.exp(step.entropy):.1f} tokens).")
+
+
+def perplexity(steps: Iterable[Step | None]) -> float | None:
+    """exp(mean negative log-probability) over the steps that have one."""
+    nll = [-math.log(max(s.prob, 1e-12)) for s in steps if s is not None]
+    return math.exp(sum(nll) / len(nll)) if nll else None
+
+
+# -----------------------------------------------------------------------------
+# tokenizer explorer
+
+
+def chunk_highlight(chunks: Sequence[str]) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """Pre-split chunks with alternating colours, labelled by position (1, 2, ...)."""
+    value = [(show_whitespace(c), str(i)) for i, c in enumerate(chunks, 1)]
+    colors = {str(i): ("#bfdbfe" if i % 2 else "#fde68a") for i in range(1, len(chunks) + 1)}
+    return value, colors
+
+
+def text_counts(text: str, ids: Sequence[int], n_chunks: int) -> dict[str, float | int]:
+    n_bytes = len(text.encode("utf-8", errors="replace"))
+    return {"characters": len(text), "bytes": n_bytes, "chunks": n_chunks, "tokens": len(ids),
+            "bytes per token": round(n_bytes / len(ids), 2) if ids else 0.0}
+
+
+def token_kind(tokenizer, token_id: int) -> str:
+    """"special", "byte" (ids 0..255 of a BPE tokenizer), "merge" or "char"."""
+    if token_id in tokenizer.special_tokens.values():
+        return "special"
+    if tokenizer.type == "char":
+        return "char"
+    return "byte" if token_id < 256 else "merge"
+
+
+@dataclass
+class MergeNode:
+    id: int
+    text: str
+    children: list[MergeNode] = field(default_factory=list)  # two for a merge, none for a leaf
+
+
+def _parents(tokenizer) -> dict[int, tuple[int, int]]:
+    return {idx: pair for pair, idx in tokenizer.merges.items()}
+
+
+def merge_tree(tokenizer, token_id: int) -> MergeNode:
+    """How token_id was built: a merge's two parts, recursively down to single bytes (or a char or special)."""
+    tokenizer.token_bytes(token_id)  # ValueError naming the id when out of range
+    parents = _parents(tokenizer)
+
+    def build(t: int) -> MergeNode:
+        node = MergeNode(t, token_display(tokenizer, t))
+        if t in parents:
+            node.children = [build(parents[t][0]), build(parents[t][1])]
+        return node
+
+    return build(token_id)
+
+
+def merge_tree_text(tokenizer, token_id: int) -> str:
+    """merge_tree as indented text lines (plain text, for a monospace box)."""
+    root = merge_tree(tokenizer, token_id)
+    kind = token_kind(tokenizer, token_id)
+    notes = {"special": "a special token: added by name, never merged",
+             "char": "a character token: this tokenizer has no merges",
+             "byte": "a single byte: where every merge starts"}
+    if kind == "merge":
+        note = f"{len(tokenizer.token_bytes(token_id))} bytes, merge {token_id - 255} of {len(tokenizer.merges)}"
+    else:
+        note = notes[kind]
+    lines = [f"{token_id}  {root.text!r}  ({note})"]
+
+    def walk(node: MergeNode, prefix: str) -> None:
+        for i, child in enumerate(node.children):
+            last = i == len(node.children) - 1
+            lines.append(f"{prefix}{'└─ ' if last else '├─ '}{child.id}  {child.text!r}")
+            walk(child, prefix + ("   " if last else "│  "))
+
+    walk(root, "")
+    return "\n".join(lines)
+
+
+VOCAB_HEADERS = ["id", "token", "bytes", "kind"]
+
+
+def vocab_row(tokenizer, token_id: int) -> list:
+    return [token_id, token_display(tokenizer, token_id), len(tokenizer.token_bytes(token_id)),
+            token_kind(tokenizer, token_id)]
+
+
+def search_vocab(tokenizer, query: str, limit: int = 100) -> tuple[list[list], int]:
+    """Vocabulary rows matching query, and how many matched in all (rows are the first `limit` by id).
+
+    A number matches that id; text matches tokens containing it, in raw form (" the") or shown form ("·the").
+    An empty query lists the longest tokens, the ones the merges built last."""
+    query = query or ""
+    n = tokenizer.vocab_size
+    if not query:
+        ids = sorted(range(n), key=lambda t: (-len(tokenizer.token_bytes(t)), t))
+        return [vocab_row(tokenizer, t) for t in ids[:limit]], n
+    matches = []
+    if query.strip().isdigit() and int(query) < n:
+        matches.append(int(query))
+    for t in range(n):
+        b = tokenizer.token_bytes(t)
+        if query in b.decode("utf-8", errors="replace") or query in token_display(tokenizer, t):
+            if t not in matches:
+                matches.append(t)
+    return [vocab_row(tokenizer, t) for t in matches[:limit]], len(matches)
+
+
+def special_rows(tokenizer) -> list[list]:
+    return [[i, s] for s, i in sorted(tokenizer.special_tokens.items(), key=lambda kv: kv[1])]
+
+
+# -----------------------------------------------------------------------------
+# model tab
+
+
+def format_count(n: float) -> str:
+    """1234 -> '1.23K', 26080 -> '26.1K', 12_345_678 -> '12.3M'."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(n)
+
+
+def loss_curve_rows(rows: Iterable[dict]) -> list[dict]:
+    """metrics.jsonl rows -> long-form points {step, loss, split} for a line plot with one line per split.
+
+    Rows of another kind than "eval" (when the trainer marks them) and non-finite values are left out."""
+    points = []
+    for r in rows:
+        if r.get("kind", "eval") != "eval" or not isinstance(r.get("step"), (int, float)):
+            continue
+        for split in ("train", "val"):
+            v = r.get(f"{split}_loss")
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                points.append({"step": r["step"], "loss": float(v), "split": split})
+    return points
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(str, v))
+    return str(v)
+
+
+def summary_rows(meta: dict, train: dict | None = None, metrics: Sequence[dict] = ()) -> list[list[str]]:
+    """[name, value] rows of the training summary: from meta.json, the train config and the metrics."""
+    rows = []
+    for key, name in (("step", "steps"), ("tokens_seen", "tokens seen"), ("val_loss", "val loss (best)"),
+                      ("bits_per_byte", "bits per byte"), ("train_time", "training time (s)"),
+                      ("device", "trained on")):
+        if meta.get(key) is not None:
+            rows.append([name, _fmt(meta[key])])
+    evals = [r for r in metrics if r.get("kind", "eval") == "eval"]
+    if evals and evals[-1].get("train_loss") is not None:
+        rows.append(["train loss (last eval)", _fmt(evals[-1]["train_loss"])])
+    for key in ("corpus", "tokenizer", "vocab_size", "optimizer", "lr", "batch_size", "max_steps", "seed"):
+        if train and train.get(key) is not None:
+            rows.append([key.replace("_", " "), _fmt(train[key])])
+    return rows
+
+
+@torch.inference_mode()
+def attention_maps(model, ids: Sequence[int]) -> list[torch.Tensor]:
+    """Attention weights for one sequence: a list over layers of (H, T, T) float tensors on the CPU."""
+    if not 0 < len(ids) <= model.config.block_size:
+        raise ValueError(f"need 1 to {model.config.block_size} tokens, got {len(ids)}")
+    device = next(model.parameters()).device
+    x = torch.tensor([list(ids)], dtype=torch.long, device=device)
+    _, _, attn = model(x, return_attn=True)
+    return [a[0].float().cpu() for a in attn]
+
+
+def attention_html(labels: Sequence[str], weights: Sequence[Sequence[float]], caption: str = "") -> str:
+    """A heatmap table: row i = query token i, column j = key token j, darker = more attention.
+
+    Labels are user text: escaped here."""
+    cell = "width:16px;height:16px;padding:0;border:1px solid #fff;"
+    esc = [html.escape(lab) for lab in labels]
+    vertical = "writing-mode:vertical-rl;transform:rotate(180deg)"  # key tokens read bottom-up above their column
+    head = "".join(f'<th title="{e}" style="{vertical};font-weight:normal;border:0;font-size:11px;padding:2px;'
+                   f'white-space:nowrap;max-height:90px;overflow:hidden">{e}</th>' for e in esc)
+    body = []
+    for i, (e, row) in enumerate(zip(esc, weights)):
+        tds = []
+        for j, w in enumerate(row):
+            w = float(w)
+            if j > i:  # causal: a query never sees later keys
+                tds.append(f'<td style="{cell}background:#f3f4f6"></td>')
+            else:
+                tds.append(f'<td title="{e} → {esc[j]}: {w:.3f}" style="{cell}'
+                           f'background:rgba(37,99,235,{min(1.0, max(0.0, w)):.3f})"></td>')
+        body.append(f'<tr><th style="text-align:right;font-weight:normal;font-size:11px;padding:0 4px;border:0;'
+                    f'white-space:pre">{e}</th>{"".join(tds)}</tr>')
+    cap = f"<caption style='caption-side:bottom;font-size:12px'>{html.escape(caption)}</caption>" if caption else ""
+    return (f'<div style="overflow:auto"><table style="border-collapse:collapse;font-family:monospace">{cap}'
+            f'<tr><th style="border:0"></th>{head}</tr>{"".join(body)}</table></div>')

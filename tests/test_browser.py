@@ -1,0 +1,103 @@
+"""The playground in a real browser: Playwright driving Debian's chromium (headless, no network).
+
+Skipped, with the reason, where chromium or playwright is missing (.ci/run installs chromium).
+"""
+
+import importlib.util
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+import app
+from test_app import free_port, tiny_run, without_endoftext
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium")
+HAS_PLAYWRIGHT = importlib.util.find_spec("playwright") is not None
+
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)"),
+    pytest.mark.skipif(not HAS_PLAYWRIGHT, reason="playwright is not installed (pip install playwright)"),
+]
+
+
+def _screenshot_module():
+    spec = importlib.util.spec_from_file_location("screenshot", ROOT / "bench" / "screenshot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    loaded = app.load_playground(str(tiny_run(tmp_path_factory)))
+    without_endoftext(loaded[0], loaded[1])
+    demo = app.build_app(*loaded)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/", loaded[0]
+    finally:
+        demo.close()
+
+
+@pytest.fixture
+def page(served):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = _screenshot_module().open_browser(pw)
+        try:
+            yield browser.new_page(viewport={"width": 1280, "height": 900})
+        finally:
+            browser.close()
+
+
+def test_generate_then_tokenizer_in_chromium(served, page, tmp_path):
+    url = served[0]
+    _screenshot_module().generate_in_page(page, url, "KING:", max_new_tokens=40, seed=1, timeout_ms=60_000)
+    text = page.locator("#output textarea").input_value()
+    assert text.startswith("KING:") and len(text) > len("KING:")
+    assert "40 tokens" in page.locator("#stats").inner_text()
+    page.screenshot(path=str(tmp_path / "generate.png"), full_page=True)
+    assert (tmp_path / "generate.png").stat().st_size > 10_000
+
+    page.get_by_role("tab", name="Tokens").click()
+    page.locator("#token-view .token").first.wait_for(timeout=30_000)
+    assert page.locator("#token-view .token").count() > 40  # prompt + 40 generated
+
+    page.get_by_role("tab", name="Tokenizer").click()
+    page.get_by_label("Text", exact=True).fill("the king <b>speaks</b>")
+    page.get_by_role("button", name="Tokenize").click()
+    page.get_by_text("22 characters").wait_for(timeout=30_000)  # the counts line of the new text
+    tokens = page.locator("#tokenizer-tokens .token .text").all_inner_texts()
+    assert "".join(tokens).replace("·", " ") == "the king <b>speaks</b>"
+    assert page.locator("#tokenizer-tokens b").count() == 0  # user text never becomes markup
+    page.locator("#tokenizer-tokens .token").first.click()  # its merge tree
+    page.get_by_text(re.compile(r"merge \d+ of \d+|a single byte")).first.wait_for(timeout=30_000)
+    page.screenshot(path=str(tmp_path / "tokenizer.png"), full_page=True)
+
+
+def test_stop_button_cancels(served, page):
+    url, model = served
+    slow = model.register_forward_pre_hook(lambda module, args: time.sleep(0.02))  # 512 tokens: 10 s or more
+    try:
+        page.goto(url)
+        page.get_by_label("Prompt").fill("KING:")
+        page.get_by_label("Max new tokens").first.fill("512")
+        page.get_by_role("button", name="Generate").click()
+        page.get_by_text("tokens so far").wait_for(timeout=30_000)
+        page.get_by_role("button", name="Stop").click()
+        page.wait_for_timeout(1000)
+        text = page.locator("#output textarea").input_value()
+        page.wait_for_timeout(1000)
+        assert page.locator("#output textarea").input_value() == text  # nothing streams after Stop
+        stats = page.locator("#stats [data-testid='markdown']").inner_text()  # the text, not the status badge
+        assert "tokens so far" in stats and int(re.search(r"(\d+) tokens so far", stats).group(1)) < 512
+    finally:
+        slow.remove()
+    page.get_by_role("button", name="Generate").click()  # the app still serves
+    page.get_by_text("first token after").wait_for(timeout=60_000)
