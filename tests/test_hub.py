@@ -21,8 +21,8 @@ from llm import checkpoint, hub
 from llm.card import dataset_ids, loss_curve_svg, render_card
 from llm.checkpoint import load_checkpoint
 
-# The Space front matter under test. The lead pastes it at the top of README.md, then points this at ROOT / "README.md".
-SPACE_README = Path("/tmp/space_front_matter.md")
+# The Space front matter under test: the top of the repository README.
+SPACE_README = ROOT / "README.md"
 UPLOADED = {"model.safetensors", "config.json", "tokenizer.json", "meta.json", "metrics.jsonl", "loss_curve.svg",
             "README.md"}
 NETWORK = ("create_repo", "create_branch", "upload_folder", "add_space_variable", "request_space_hardware")
