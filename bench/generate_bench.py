@@ -1,0 +1,189 @@
+"""Generation speed: this project's sampler against Hugging Face transformers' GPT-2, same sizes.
+
+    python bench/generate_bench.py              # both sizes, one intra-op thread for both libraries
+    python bench/generate_bench.py --threads 0  # torch's default thread count (2 here)
+
+Batch 1, a 16-token prompt, 256 new tokens, top-k 50 (temperature 1), with and without the KV cache, random
+weights. Ours is timed through llm.sample.generate, the event-producing path the app and the CLI use (token
+probability, alternatives, entropy and incremental text for every token). transformers is timed through
+GPT2LMHeadModel.generate from a GPT2Config of the same size (no download). tokens/s = 256 / wall time from the
+call to the last token, prefill included. Time to first token: from the generate call to the first event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from llm.model import GPT, ModelConfig
+from llm.sample import SampleConfig, generate
+
+SIZES = [  # (n_layer, n_head, n_embd, vocab_size)
+    (4, 4, 128, 65),
+    (6, 6, 384, 4096),
+]
+PROMPT_LEN, NEW_TOKENS, TOP_K, BLOCK_SIZE = 16, 256, 50, 256
+
+
+class BenchTokenizer:
+    """Stands in for a trained tokenizer of any vocabulary size: token i is 1-3 printable ASCII bytes."""
+
+    eot_id = None  # never stop early: every run makes exactly NEW_TOKENS tokens
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+        self._vocab = [bytes(32 + (i * 7 + j) % 95 for j in range(1 + i % 3)) for i in range(vocab_size)]
+
+    def token_bytes(self, i: int) -> bytes:
+        return self._vocab[i]
+
+    def decode_bytes(self, ids) -> bytes:
+        return b"".join(self._vocab[i] for i in ids)
+
+    def encode(self, text: str) -> list[int]:
+        return [b % self.vocab_size for b in text.encode()]
+
+
+def best_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def ours(model: GPT, tokenizer, prompt: list[int], use_kv_cache: bool) -> int:
+    cfg = SampleConfig(max_new_tokens=NEW_TOKENS, temperature=1.0, top_k=TOP_K, seed=0, use_kv_cache=use_kv_cache)
+    n = 0
+    for _ in generate(model, tokenizer, prompt, cfg):
+        n += 1
+    assert n == NEW_TOKENS, n
+    return n
+
+
+def time_to_first_token(model: GPT, tokenizer, prompt: list[int], repeats: int = 20) -> float:
+    cfg = SampleConfig(max_new_tokens=NEW_TOKENS, temperature=1.0, top_k=TOP_K, seed=0)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        events = generate(model, tokenizer, prompt, cfg)
+        next(events)
+        times.append(time.perf_counter() - t0)
+        events.close()
+    return statistics.median(times)
+
+
+def matmul_share(model: GPT, tokenizer, prompt: list[int]) -> tuple[float, float]:
+    """Share of our cached path's op time spent in matrix multiplies, and those ms per token (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        ours(model, tokenizer, prompt, True)
+    rows = prof.key_averages()
+    total = sum(r.self_cpu_time_total for r in rows)
+    mm = sum(r.self_cpu_time_total for r in rows if r.key in ("aten::mm", "aten::addmm", "aten::bmm"))
+    return mm / total, mm / 1e3 / NEW_TOKENS
+
+
+def hf_model(n_layer: int, n_head: int, n_embd: int, vocab_size: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    cfg = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=vocab_size,
+                     n_positions=PROMPT_LEN + NEW_TOKENS)  # it cannot slide, so it gets every position
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def hf(model, prompt: torch.Tensor, use_cache: bool) -> int:
+    out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, top_k=TOP_K,
+                         temperature=1.0, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, use_cache=use_cache,
+                         pad_token_id=0)
+    assert out.shape[1] == PROMPT_LEN + NEW_TOKENS, out.shape
+    return NEW_TOKENS
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--repeats", type=int, default=3, help="runs per cached figure; the best is kept")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch.set_num_threads for both libraries; 0 = torch's default. With two threads on a shared "
+                        "2-core machine, every small op's thread hand-off waits on the other jobs, and both "
+                        "libraries' figures swing several-fold from run to run")
+    p.add_argument("--no-hf", action="store_true", help="skip transformers")
+    p.add_argument("--profile", action="store_true", help="also print the matmul share of our cached path")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    have_hf = not args.no_hf
+    if have_hf and importlib.util.find_spec("transformers") is None:
+        print("transformers is not installed (pip install transformers): timing this project only\n")
+        have_hf = False
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch 1, {PROMPT_LEN}-token prompt, "
+          f"{NEW_TOKENS} new tokens, top-k {TOP_K}; cached: best of {args.repeats}, no-cache: one run\n")
+    header = (f"{'model':<18}{'params':>8}{'ours cache':>12}{'ours no-cache':>15}{'hf cache':>10}"
+              f"{'hf no-cache':>13}{'cache/hf':>10}{'cache/no-cache':>16}")
+    print(header + "\n" + "-" * len(header))
+    results = []
+    for n_layer, n_head, n_embd, vocab_size in SIZES:
+        torch.manual_seed(0)
+        config = ModelConfig(vocab_size=vocab_size, block_size=BLOCK_SIZE, n_layer=n_layer, n_head=n_head,
+                             n_embd=n_embd)
+        model = GPT(config).eval()
+        tokenizer = BenchTokenizer(vocab_size)
+        prompt = torch.randint(0, vocab_size, (1, PROMPT_LEN))
+        ours(model, tokenizer, prompt[0].tolist(), True)  # warm-up
+        ids = prompt[0].tolist()
+        m = hf_model(n_layer, n_head, n_embd, vocab_size) if have_hf else None
+        if m is not None:
+            hf(m, prompt, True)  # warm-up
+        # cached runs alternate between the two libraries, so both see the same machine load
+        row = {"cache": 0.0} if m is None else {"cache": 0.0, "hf cache": 0.0}
+        run_ours = functools.partial(ours, model, tokenizer, ids)
+        run_hf = functools.partial(hf, m, prompt)
+        for _ in range(args.repeats):
+            row["cache"] = max(row["cache"], NEW_TOKENS / best_time(functools.partial(run_ours, True), 1))
+            if m is not None:
+                row["hf cache"] = max(row["hf cache"], NEW_TOKENS / best_time(functools.partial(run_hf, True), 1))
+        # no-cache runs take 10-100x longer and vary less: one each
+        row["no-cache"] = NEW_TOKENS / best_time(functools.partial(run_ours, False), 1)
+        if m is not None:
+            row["hf no-cache"] = NEW_TOKENS / best_time(functools.partial(run_hf, False), 1)
+        name = f"{n_layer}x{n_head}x{n_embd} V{vocab_size}"
+        vs_hf = f"{row['cache'] / row['hf cache']:.1f}x" if have_hf else "-"
+        print(f"{name:<18}{model.num_params() / 1e6:>7.2f}M{row['cache']:>12.0f}{row['no-cache']:>15.0f}"
+              f"{row.get('hf cache', float('nan')):>10.0f}{row.get('hf no-cache', float('nan')):>13.0f}"
+              f"{vs_hf:>10}{row['cache'] / row['no-cache']:>15.1f}x")
+        results.append((name, model, tokenizer, prompt, row))
+
+    name, model, tokenizer, prompt, _ = results[0]
+    ttft = time_to_first_token(model, tokenizer, prompt[0].tolist())
+    print(f"\ntokens/s (256 new tokens / wall time). Time to first streamed token, {name}: {ttft * 1e3:.1f} ms "
+          "(median of 20)")
+    print("\ntargets: cache >= 4x transformers' cache at both sizes; cache >= 5x no-cache; first token < 20 ms")
+    for name, _, _, _, row in results:
+        checks = [f"cache/no-cache {row['cache'] / row['no-cache']:.2f}x {'ok' if row['cache'] >= 5 * row['no-cache'] else 'MISSED'}"]
+        if have_hf:
+            ratio = row["cache"] / row["hf cache"]
+            checks.insert(0, f"cache/hf {ratio:.2f}x {'ok' if ratio >= 4 else 'MISSED'}")
+        print(f"  {name}: " + ", ".join(checks))
+    print(f"  first token {ttft * 1e3:.1f} ms {'ok' if ttft < 0.020 else 'MISSED'}")
+    if args.profile:
+        print("\nour cached path under torch.profiler (its overhead inflates the totals, not the shares):")
+        for name, model, tokenizer, prompt, _ in results:
+            share, ms = matmul_share(model, tokenizer, prompt[0].tolist())
+            print(f"  {name}: matrix multiplies {share:.0%} of op time, {ms:.2f} ms per token")
+
+
+if __name__ == "__main__":
+    main()

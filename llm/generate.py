@@ -1,0 +1,130 @@
+"""Generate text from a checkpoint, streamed to stdout.
+
+    python -m llm.generate --checkpoint out/run --prompt "ROMEO:" --max-new-tokens 200 --temperature 0.8
+    python -m llm.generate --checkpoint out/run --interactive
+
+Bad input (a missing checkpoint, a setting out of range) prints one line on stderr and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from llm.checkpoint import load_checkpoint
+from llm.sample import SampleConfig, generate
+
+ESCAPES = {"\\n": "\n", "\\t": "\t", "\\\\": "\\"}
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + message
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def _unescape(s: str) -> str:
+    r"""'\n', '\t' and '\\' typed on a shell command line -> the characters, for --stop."""
+    out, i = [], 0
+    while i < len(s):
+        pair = s[i : i + 2]
+        if pair in ESCAPES:
+            out.append(ESCAPES[pair])
+            i += 2
+        else:
+            out.append(s[i])
+            i += 1
+    return "".join(out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = SampleConfig()
+    p = _ArgumentParser(prog="python -m llm.generate", description="Sample text from a trained checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="OUT/best, OUT/last, or OUT (= OUT/best)")
+    p.add_argument("--prompt", default=None, help="text to continue (required unless --interactive)")
+    p.add_argument("--interactive", action="store_true",
+                   help="read prompts in a loop; Ctrl-C stops an answer, an empty line or Ctrl-D quits")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="0 = off")
+    p.add_argument("--top-p", type=float, default=d.top_p, help="in (0, 1]; 1 = off")
+    p.add_argument("--min-p", type=float, default=d.min_p, help="in [0, 1]; 0 = off")
+    p.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty, help="1 = off")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help=r"stop before this text (repeatable; \n and \t are understood)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--num-samples", type=int, default=d.num_samples)
+    p.add_argument("--no-kv-cache", action="store_true", help="recompute the whole context every token")
+    return p
+
+
+def run_prompt(model, tokenizer, prompt: str, config: SampleConfig) -> None:
+    """Write prompt + continuation to stdout. One sample streams as it comes; several are printed one after
+    another, each when it finishes."""
+    out = sys.stdout
+    texts = [""] * config.num_samples
+    if config.num_samples == 1:
+        out.write(prompt)
+    for event in generate(model, tokenizer, prompt, config):
+        if event.prompt_cropped and event.index == 0 and event.sample == 0:
+            print(f"note: the prompt is longer than block_size; its first {event.prompt_cropped} tokens were "
+                  "dropped", file=sys.stderr)
+        if config.num_samples == 1:
+            out.write(event.text)
+            out.flush()
+        else:
+            texts[event.sample] += event.text
+            if event.finish_reason is not None:
+                out.write(f"--- sample {event.sample + 1} ---\n{prompt}{texts[event.sample]}\n")
+                out.flush()
+    if config.num_samples == 1:
+        out.write("\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.prompt is None and not args.interactive:
+        print("error: give --prompt TEXT or --interactive (see --help)", file=sys.stderr)
+        return 2
+    config = SampleConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        min_p=args.min_p, repetition_penalty=args.repetition_penalty, stop=tuple(_unescape(s) for s in args.stop),
+        seed=args.seed, num_samples=args.num_samples, use_kv_cache=not args.no_kv_cache,
+    )
+    try:
+        config.validate()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    try:
+        model, tokenizer, _ = load_checkpoint(args.checkpoint)
+        if args.prompt is not None:
+            run_prompt(model, tokenizer, args.prompt, config)
+        while args.interactive:
+            try:
+                prompt = input("> ")
+            except EOFError:
+                print()
+                break
+            if not prompt:
+                break
+            try:
+                run_prompt(model, tokenizer, prompt, config)
+            except KeyboardInterrupt:  # stops this answer, not the loop
+                print()
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # piped into `head`: stop quietly, and keep Python's exit-time flush quiet too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""A decoder-only GPT: pure computation, no I/O.
+
+Variants are config fields: positions (rope | learned | sinusoidal), norm (rmsnorm | layernorm), MLP
+(swiglu | gelu), tied input/output embeddings. Attention goes through F.scaled_dot_product_attention; the
+explicit softmax(QK^T)V path runs only when the caller asks for the attention weights (the app's view).
+
+The model never owns cache state. `forward(idx, kv_cache=cache)` takes a KVCache from llm/sample.py, which
+implements this protocol (documented there too):
+    cache.pos                    int, tokens already cached (the same for every batch row)
+    cache.update(layer, k, v)    k, v (B, H, T, hd) for positions [pos, pos + T); returns the keys and values
+                                 for [0, pos + T), each (B, H, pos + T, hd)
+    cache.advance(T)             called once per forward, after the last layer
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from llm.sample import KVCache
+
+POS_CHOICES = ("rope", "learned", "sinusoidal")
+NORM_CHOICES = ("rmsnorm", "layernorm")
+MLP_CHOICES = ("swiglu", "gelu")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 4096
+    block_size: int = 256
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.0
+    bias: bool = False
+    pos: str = "rope"  # rope | learned | sinusoidal
+    norm: str = "rmsnorm"  # rmsnorm | layernorm
+    mlp: str = "swiglu"  # swiglu | gelu
+    tie_embeddings: bool = True
+    rope_theta: float = 10000.0
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name, choices in (("pos", POS_CHOICES), ("norm", NORM_CHOICES), ("mlp", MLP_CHOICES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.pos == "rope" and (self.n_embd // self.n_head) % 2 != 0:
+            raise ValueError(f"rope needs an even head size, got n_embd / n_head = {self.n_embd // self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.rope_theta > 0:
+            raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
+
+
+def rope_frequencies(block_size: int, head_dim: int, theta: float) -> torch.Tensor:
+    """Rotations e^(i * pos * theta^(-2j/hd)) as complex numbers, (block_size, head_dim // 2)."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (hd/2,)
+    angles = torch.outer(torch.arange(block_size, dtype=torch.float64), inv_freq)  # (T, hd/2)
+    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
+
+
+def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs of the last dim of x (B, T, ..., hd) by freqs (T, 1.., hd/2)."""
+    # One complex multiply is fewer ops than the cos/sin form, and ops are what a decode step pays for.
+    xf = x if x.dtype == torch.float32 else x.float()  # complex math needs fp32 (autocast hands us bf16/fp16)
+    y = torch.view_as_real(torch.view_as_complex(xf.unflatten(-1, (-1, 2))) * freqs).flatten(-2)
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def sinusoidal_table(block_size: int, n_embd: int) -> torch.Tensor:
+    """The fixed sin/cos position table of "Attention is all you need", (block_size, n_embd)."""
+    pos = torch.arange(block_size, dtype=torch.float64)[:, None]  # (T, 1)
+    inv_freq = 10000.0 ** (-torch.arange(0, n_embd, 2, dtype=torch.float64) / n_embd)  # (ceil(C/2),)
+    table = torch.zeros(block_size, n_embd, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(pos * inv_freq)
+    table[:, 1::2] = torch.cos(pos * inv_freq)[:, : n_embd // 2]
+    return table.float()
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, computed as x / ||x|| * sqrt(C) * weight: on a CPU, F.rms_norm (and F.normalize's
+    Python wrappers) cost several times the op dispatches, and dispatches are what a decode step spends."""
+
+    def __init__(self, n_embd: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps  # guards an all-zero x only
+        self.weight = nn.Parameter(torch.ones(n_embd))
+        self.register_buffer("scale", torch.tensor(math.sqrt(n_embd)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(self.eps)  # (..., 1) = sqrt(C) * rms
+        return x / norm * (self.weight * self.scale)
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd)
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.layer = layer  # index into the KV cache
+        self.n_head = config.n_head
+        self.head_dim = config.n_embd // config.n_head
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        B: int,
+        T: int,
+        freqs: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        kv_cache: KVCache | None,
+        return_attn: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # x is (B * T, C): 2-D activations spare every Linear a reshape
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim)  # (B, T, 3, H, hd)
+        qk, v = qkv.narrow(2, 0, 2), qkv.select(2, 2)  # (B, T, 2, H, hd), (B, T, H, hd)
+        if freqs is not None:
+            qk = apply_rope(qk, freqs)  # q and k rotated in one go
+        q, k = qk.transpose(1, 3).unbind(2)  # (B, H, T, hd) each
+        v = v.transpose(1, 2)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer, k, v)  # (B, H, Tk, hd), Tk = cached + T
+        # mask is None when plain causal (Tq == Tk) or when a single query may see every key.
+        causal = mask is None and T > 1
+        attn = None
+        if return_attn:
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # (B, H, T, Tk)
+            if causal:
+                mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            if mask is not None:
+                att = att.masked_fill(~mask, float("-inf"))
+            attn = att.softmax(dim=-1)
+            y = F.dropout(attn, self.dropout, self.training) @ v
+        else:
+            dropout_p = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
+        y = self.c_proj(y.transpose(1, 2).reshape(B * T, -1))  # (B * T, C)
+        if self.training and self.dropout:
+            y = F.dropout(y, self.dropout)
+        return y, attn
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.swiglu = config.mlp == "swiglu"
+        if self.swiglu:
+            # 8/3 * C keeps the parameter count of a 4 * C GELU MLP; rounded up to a multiple of 64.
+            hidden = (8 * config.n_embd // 3 + 63) // 64 * 64
+            self.c_fc = nn.Linear(config.n_embd, 2 * hidden, bias=config.bias)  # gate and up, fused
+        else:
+            hidden = 4 * config.n_embd
+            self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c_fc(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h)
+        h = self.c_proj(h)
+        if self.training and self.dropout:
+            h = F.dropout(h, self.dropout)
+        return h
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.ln_1 = make_norm(config)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln_2 = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        B: int,
+        T: int,
+        freqs: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        kv_cache: KVCache | None,
+        return_attn: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        y, attn = self.attn(self.ln_1(x), B, T, freqs, mask, kv_cache, return_attn)
+        x = x + y
+        x = x + self.mlp(self.ln_2(x))
+        return x, attn
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos == "learned" else None
+        self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.ln_f = make_norm(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        # Fixed tables are derived from the config, so they stay out of the state dict (persistent=False).
+        head_dim = config.n_embd // config.n_head
+        if config.pos == "rope":
+            freqs = rope_frequencies(config.block_size, head_dim, config.rope_theta)
+            self.register_buffer("rope_freqs", freqs, persistent=False)
+        if config.pos == "sinusoidal":
+            self.register_buffer("pos_table", sinusoidal_table(config.block_size, config.n_embd), persistent=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """All weight init lives here: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer) (GPT-2)."""
+        std = 0.02
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                scale = 1.0 / math.sqrt(2 * self.config.n_layer) if name.endswith("c_proj") else 1.0
+                nn.init.normal_(module.weight, mean=0.0, std=std * scale)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, (nn.LayerNorm, RMSNorm)):
+                module.reset_parameters()
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        return_attn: bool = False,
+    ):
+        """idx (B, T) token ids -> (logits (B, T, V), loss or None), plus attn when return_attn.
+
+        With kv_cache, idx holds the positions after the cached ones; the cache is extended by T.
+        attn is a list (one per layer) of (B, H, T, Tk) attention weights; computing them takes the slow path.
+        """
+        B, T = idx.shape
+        start = kv_cache.pos if kv_cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(
+                f"sequence of {start + T} tokens ({start} cached + {T} new) exceeds block_size {self.config.block_size}"
+            )
+        x = self.wte(idx)  # (B, T, C)
+        freqs = None
+        if self.wpe is not None:
+            x = x + self.wpe.weight[start : start + T]
+        elif self.config.pos == "sinusoidal":
+            x = x + self.pos_table[start : start + T]
+        else:
+            freqs = self.rope_freqs[start : start + T, None, None]  # (T, 1, 1, hd/2): broadcasts over (2, H)
+        if self.training and self.config.dropout:
+            x = F.dropout(x, self.config.dropout)
+        x = x.view(B * T, -1)  # (B * T, C) from here on
+
+        # SDPA's is_causal aligns the mask to the top-left, which is wrong when T new queries follow `start`
+        # cached keys (Tq != Tk); that case gets an explicit mask: query i sees keys 0..start+i.
+        mask = None
+        if start > 0 and T > 1:
+            mask = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start)
+
+        attns = []
+        for block in self.h:
+            x, attn = block(x, B, T, freqs, mask, kv_cache, return_attn)
+            attns.append(attn)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        logits = self.lm_head(self.ln_f(x))  # (B * T, V)
+
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float(), targets.flatten(), ignore_index=-1)
+        logits = logits.view(B, T, -1)
+        if return_attn:
+            return logits, loss, attns
+        return logits, loss
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count (shared tensors once). non_embedding leaves out the lookup-only tables: the learned
+        position table and, when untied, the token table (a tied table is also the output matmul, so it stays)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            if self.wpe is not None:
+                n -= self.wpe.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.wte.weight.numel()
+        return n
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token (forward + backward) at full context: 6N + 12 * L * C * T (PaLM appendix B)."""
+        c = self.config
+        return 6.0 * self.num_params(non_embedding=True) + 12.0 * c.n_layer * c.n_embd * c.block_size

@@ -1,0 +1,157 @@
+"""GPT and ModelConfig: shapes, loss, causality, variants, the attention-weights path, counts."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llm.model import GPT, ModelConfig
+
+VARIANTS = [
+    {"pos": pos, "norm": norm, "mlp": mlp, "tie_embeddings": tie}
+    for pos, norm, mlp, tie in [
+        ("rope", "rmsnorm", "swiglu", True),
+        ("learned", "layernorm", "gelu", False),
+        ("sinusoidal", "rmsnorm", "gelu", True),
+        ("rope", "layernorm", "gelu", False),
+        ("learned", "rmsnorm", "swiglu", True),
+        ("sinusoidal", "layernorm", "swiglu", False),
+    ]
+]
+
+
+def tiny(**kw) -> GPT:
+    torch.manual_seed(0)
+    cfg = {"vocab_size": 37, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16}
+    return GPT(ModelConfig(**{**cfg, **kw})).eval()
+
+
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        ({"pos": "alibi"}, "pos must be one of"),
+        ({"norm": "batchnorm"}, "norm must be one of"),
+        ({"mlp": "relu"}, "mlp must be one of"),
+        ({"n_embd": 30, "n_head": 4}, "divisible"),
+        ({"n_embd": 12, "n_head": 4}, "even head size"),  # rope needs pairs
+        ({"n_layer": 0}, "n_layer must be an integer >= 1"),
+        ({"vocab_size": -5}, "vocab_size"),
+        ({"dropout": 1.0}, "dropout must be in [0, 1)"),
+    ],
+)
+def test_config_rejects_bad_values(kw, words):
+    with pytest.raises(ValueError, match=words.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        ModelConfig(**kw)
+
+
+def test_odd_head_size_is_fine_without_rope():
+    GPT(ModelConfig(vocab_size=11, block_size=8, n_layer=1, n_head=4, n_embd=12, pos="learned"))
+
+
+@pytest.mark.parametrize("kw", VARIANTS, ids=lambda kw: "-".join(str(v) for v in kw.values()))
+def test_forward_shapes_loss_and_causality(kw):
+    model = tiny(**kw)
+    idx = torch.randint(0, 37, (3, 16))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 16, 37) and loss is None
+    # untrained model: predictions near uniform, so the loss on random targets is near ln(V) (known answer)
+    _, loss = model(idx, torch.randint(0, 37, (3, 16)))
+    assert abs(loss.item() - math.log(37)) < 0.1
+    # a later token never changes earlier logits
+    idx2 = idx.clone()
+    idx2[:, 10:] = (idx2[:, 10:] + 1) % 37
+    logits2, _ = model(idx2)
+    torch.testing.assert_close(logits[:, :10], logits2[:, :10])
+    assert not torch.allclose(logits[:, 10:], logits2[:, 10:])
+
+
+def test_loss_ignores_minus_one():
+    model = tiny()
+    idx = torch.randint(0, 37, (2, 8))
+    targets = idx.clone()
+    targets[:, :3] = -1
+    logits, loss = model(idx, targets)
+    expected = F.cross_entropy(logits[:, 3:].reshape(-1, 37), idx[:, 3:].reshape(-1))
+    torch.testing.assert_close(loss, expected)
+
+
+def test_tied_embeddings():
+    m = tiny(tie_embeddings=True)
+    assert m.lm_head.weight is m.wte.weight
+    m = tiny(tie_embeddings=False)
+    assert m.lm_head.weight is not m.wte.weight
+
+
+@pytest.mark.parametrize("pos", ["rope", "learned", "sinusoidal"])
+def test_attention_weights_only_when_asked(pos):
+    model = tiny(pos=pos)
+    idx = torch.randint(0, 37, (2, 9))
+    fast = model(idx)
+    assert len(fast) == 2  # the fast path returns no attention
+    logits, _, attn = model(idx, return_attn=True)
+    torch.testing.assert_close(logits, fast[0])
+    assert len(attn) == 2 and all(a.shape == (2, 2, 9, 9) for a in attn)
+    for a in attn:
+        torch.testing.assert_close(a.sum(-1), torch.ones(2, 2, 9))
+        assert (a.triu(diagonal=1) == 0).all()  # causal
+
+
+def test_too_long_input_raises():
+    with pytest.raises(ValueError, match="exceeds block_size 16"):
+        tiny()(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_fixed_tables_stay_out_of_the_state_dict():
+    for pos in ("rope", "sinusoidal"):
+        keys = tiny(pos=pos).state_dict().keys()
+        assert not any("rope" in k or "pos_table" in k for k in keys)
+    assert "wpe.weight" in tiny(pos="learned").state_dict()
+
+
+def test_num_params_and_flops():
+    m = tiny(pos="learned", tie_embeddings=False, mlp="gelu", norm="layernorm")
+    C, V, T, L = 16, 37, 16, 2
+    per_layer = C + 3 * C * C + C * C + C + 4 * C * C + 4 * C * C  # ln_1, attn, ln_2, mlp (bias=False)
+    total = V * C + T * C + L * per_layer + C + V * C  # wte, wpe, blocks, ln_f, lm_head
+    assert m.num_params() == total
+    assert m.num_params(non_embedding=True) == total - V * C - T * C
+    assert m.flops_per_token() == 6 * (total - V * C - T * C) + 12 * L * C * T
+    tied = tiny(pos="learned", tie_embeddings=True, mlp="gelu", norm="layernorm")
+    assert tied.num_params() == total - V * C  # the shared matrix counts once
+
+
+def test_a_few_steps_learn_a_repeated_sequence():
+    model = tiny().train()
+    idx = torch.arange(17).remainder(37)[None].repeat(4, 1)
+    x, y = idx[:, :-1], idx[:, 1:]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(30):
+        _, loss = model(x, y)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first / 2
+
+
+def test_dropout_only_in_training():
+    model = tiny(dropout=0.2)
+    idx = torch.randint(0, 37, (2, 8))
+    torch.testing.assert_close(model(idx)[0], model(idx)[0])  # eval: deterministic
+    model.train()
+    assert not torch.allclose(model(idx)[0], model(idx)[0])
+
+
+def test_rope_in_half_precision_matches_float32():
+    """Under autocast the projections come out bf16; rope computes in fp32 and hands back bf16."""
+    from llm.model import apply_rope, rope_frequencies
+
+    x = torch.randn(2, 5, 2, 3, 8)
+    freqs = rope_frequencies(16, 8, 10000.0)[:5, None, None]
+    out = apply_rope(x.bfloat16(), freqs)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), apply_rope(x, freqs), rtol=2e-2, atol=2e-2)
+    # rotation keeps each pair's length
+    torch.testing.assert_close(apply_rope(x, freqs).norm(dim=-1), x.norm(dim=-1))
