@@ -32,11 +32,13 @@ MLP_CHOICES = ("swiglu", "gelu")
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = 4096
-    block_size: int = 256
-    n_layer: int = 6
-    n_head: int = 6
-    n_embd: int = 384
+    # defaults sized for about 5 minutes of training on a laptop CPU (bench/train_bench.py); vocab_size comes
+    # from the tokenizer
+    vocab_size: int = 1024
+    block_size: int = 64
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
     dropout: float = 0.0
     bias: bool = False
     pos: str = "rope"  # rope | learned | sinusoidal

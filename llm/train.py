@@ -48,7 +48,7 @@ class TrainConfig:
     lr: float = 3e-3  # AdamW (all parameters with --optimizer adamw; embeddings, head, norms with muon)
     muon_lr: float = 0.02  # Muon, for the matrices inside the blocks
     min_lr: float = 3e-4  # the end of the cosine; Muon's decays by the same ratio
-    warmup_steps: int = 50
+    warmup_steps: int = 30
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -63,7 +63,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | mps
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    compile: bool = False
+    compile: bool = True  # torch.compile: ~1.8x a training step on a 2-core CPU after ~20 s of compiling
 
     def __post_init__(self):
         checks = [
@@ -397,8 +397,16 @@ def train(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = False,
             loss_sum = 0.0
             for _ in range(cfg.grad_accum):
                 x, y = get_batch(splits["train"], model_cfg.block_size, cfg.batch_size, batch_gen, device)
-                with autocast:
-                    _, loss = fwd(x, y)
+                try:
+                    with autocast:
+                        _, loss = fwd(x, y)
+                except Exception as e:  # compilation happens at the first call; no compiler: run eager
+                    if fwd is model:
+                        raise
+                    log(f"torch.compile failed ({type(e).__name__}); continuing without it")
+                    fwd = model
+                    with autocast:
+                        _, loss = fwd(x, y)
                 scaler.scale(loss / cfg.grad_accum).backward()
                 loss_sum += loss.detach().float()
             loss = (loss_sum / cfg.grad_accum).item()

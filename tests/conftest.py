@@ -36,4 +36,4 @@ def corpus(tmp_path: Path) -> Path:
 # flags for a run that takes seconds: 2 layers x 32 dims
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
         "--vocab-size", "300", "--eval-iters", "2", "--sample-tokens", "8", "--no-progress", "--warmup-steps", "5",
-        "--lr", "3e-3"]
+        "--lr", "3e-3", "--no-compile"]

@@ -19,7 +19,7 @@ from llm.checkpoint import CheckpointError
 
 TINY_RUN = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "4",
             "--vocab-size", "300", "--max-steps", "6", "--eval-interval", "3", "--eval-iters", "1",
-            "--sample-tokens", "0", "--no-progress"]
+            "--sample-tokens", "0", "--no-progress", "--no-compile"]
 _RUN: dict[str, Path] = {}
 
 

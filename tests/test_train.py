@@ -200,7 +200,7 @@ def test_config_file_and_presets(corpus, tmp_path, capsys):
     cfg.write_text("n_layer: 1\nn_embd: 32\nn_head: 2\nblock_size: 16\nmax_steps: 3\neval_interval: 3\n")
     out = tmp_path / "run"
     rc = train_cli.main(["--corpus", str(corpus), "--out", str(out), "--config", str(cfg), "--preset", "tiny",
-                         "--batch-size", "4", "--vocab-size", "280", "--eval-iters", "1", "--no-progress",
+                         "--batch-size", "4", "--vocab-size", "280", "--eval-iters", "1", "--no-progress", "--no-compile",
                          "--sample-tokens", "0"])
     assert rc == 0, capsys.readouterr().err
     conf = json.loads((out / "last" / "config.json").read_text())
