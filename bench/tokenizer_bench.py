@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from llm.tokenizer import EOT, GPT4_SPLIT_PATTERN, Tokenizer  # noqa: E402
+from llm.tokenizer import EOT, GPT4_SPLIT_PATTERN, Tokenizer
 
 
 def best_of(fn, repeat: int) -> tuple[float, object]:

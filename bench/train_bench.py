@@ -25,9 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from llm.checkpoint import read_metrics  # noqa: E402
-from llm.model import ModelConfig  # noqa: E402
-from llm.train import TrainConfig, train  # noqa: E402
+from llm.checkpoint import read_metrics
+from llm.model import ModelConfig
+from llm.train import TrainConfig, train
 
 TARGET = 1.89
 

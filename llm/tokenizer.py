@@ -306,7 +306,7 @@ class _BaseTokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write one readable, versioned JSON file (one entry per line; written atomically)."""
-        dumps = lambda x: json.dumps(x, ensure_ascii=False)  # noqa: E731
+        dumps = lambda x: json.dumps(x, ensure_ascii=False)
         lines = []
         for key, value in self.to_dict().items():
             if isinstance(value, list) and value:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from llm.checkpoint import (CheckpointError, append_metrics, load_train_state, load_weights, read_config,
                             read_meta, resolve, save_checkpoint, TOKENIZER, WEIGHTS)
-from llm.config import from_dict, to_dict
+from llm.config import from_dict
 from llm.data import get_batch, load_split, prepare, read_corpus
 from llm.model import GPT, ModelConfig
 from llm.optim import configure_optimizers, get_lr
