@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -144,10 +143,8 @@ def prepare(texts: list[str], tokenizer, out_dir: str | Path, val_frac: float = 
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    """A hash of the tokenizer's saved form: same file, same token ids."""
-    with tempfile.TemporaryDirectory() as d:
-        tokenizer.save(Path(d) / "tokenizer.json")
-        return hashlib.sha256((Path(d) / "tokenizer.json").read_bytes()).hexdigest()
+    """A hash of the tokenizer's saved form: same dict, same token ids."""
+    return hashlib.sha256(json.dumps(tokenizer.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
 def write_tokens(path: Path, ids: np.ndarray) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import random
 import signal
@@ -457,8 +458,6 @@ def _truncate_metrics(out: Path, step: int) -> None:
     path = out / "metrics.jsonl"
     if not path.exists():
         return
-    import json
-
     keep = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
