@@ -80,9 +80,15 @@ def read_config_file(path: str) -> dict:
     if path.endswith((".yaml", ".yml")):
         import yaml  # PyYAML comes with gradio
 
-        d = yaml.safe_load(text)
+        try:
+            d = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     else:
-        d = json.loads(text)
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(d, dict):
         raise ValueError(f"{path}: expected a mapping of settings")
     if "model" in d or "train" in d:

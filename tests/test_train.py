@@ -209,3 +209,8 @@ def test_config_file_and_presets(corpus, tmp_path, capsys):
     bad.write_text('{"n_layers": 3}')
     rc = train_cli.main(["--corpus", str(corpus), "--config", str(bad)])
     assert rc == 1 and "n_layers" in capsys.readouterr().err
+    for name, text in (("broken.yaml", "n_layer: [1, 2\n"), ("broken.json", "{oops")):
+        (tmp_path / name).write_text(text)
+        rc = train_cli.main(["--corpus", str(corpus), "--config", str(tmp_path / name)])
+        err = capsys.readouterr().err
+        assert rc == 1 and len(err.strip().splitlines()) == 1 and "not valid" in err
