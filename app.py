@@ -30,12 +30,12 @@ import pandas as pd
 import torch
 
 from llm import viz
-from llm.checkpoint import CheckpointError, load_checkpoint, read_config, read_metrics
+from llm.checkpoint import CheckpointError, load_checkpoint, metrics_dir, read_config, read_metrics
+from llm.hub import ENV_CHECKPOINT, default_checkpoint
 from llm.sample import SampleConfig, generate
 
 ROOT = Path(__file__).resolve().parent
 BUNDLED = ROOT / "assets" / "model"
-ENV_CHECKPOINT = "SCRATCHGPT_CHECKPOINT"
 # ZeroGPU runs a decorated function in a forked worker and pickles its arguments and results, so it wraps the bound
 # handlers (the model is inherited by the fork, never pickled) and handlers return plain data (gr.update dicts).
 # Outside ZeroGPU spaces.GPU returns the function unchanged.
@@ -115,7 +115,7 @@ def parse_stop(text: str, limit: int) -> tuple[str, ...]:
 def find_checkpoint(cli_value: str | None = None, cwd: str | os.PathLike = ".") -> str:
     """--checkpoint, else $SCRATCHGPT_CHECKPOINT, else the newest checkpoints/*/best (by mtime) under cwd,
     else the bundled assets/model/. CheckpointError (one line) when there is none."""
-    spec = cli_value or os.environ.get(ENV_CHECKPOINT)
+    spec = default_checkpoint(cli_value)
     if spec:
         return spec
     runs = [p for p in Path(cwd).glob("checkpoints/*/best") if p.is_dir()]
@@ -138,10 +138,8 @@ def model_name(spec: str, path: Path) -> str:
 
 def run_metrics(path: Path) -> list[dict]:
     """metrics.jsonl inside the checkpoint (Hub repos, Spaces) or beside it (OUT/metrics.jsonl, assets/)."""
-    for d in (path, path.parent):
-        if (d / "metrics.jsonl").is_file():
-            return read_metrics(d)
-    return []
+    d = metrics_dir(path)
+    return read_metrics(d) if d else []
 
 
 # -----------------------------------------------------------------------------

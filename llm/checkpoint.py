@@ -124,6 +124,13 @@ def append_metrics(out_dir: str | Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
+def metrics_dir(ckpt: str | Path) -> Path | None:
+    """Where a checkpoint's metrics.jsonl is: OUT for OUT/best or OUT/last, the directory itself for a model repo
+    snapshot or a Space (whose files sit beside the weights); None if there is none."""
+    ckpt = Path(ckpt)
+    return next((d for d in (ckpt, ckpt.parent) if (d / "metrics.jsonl").is_file()), None)
+
+
 def read_metrics(out_dir: str | Path) -> list[dict]:
     """Rows of metrics.jsonl; a torn last line (crash mid-write) is skipped."""
     path = Path(out_dir) / "metrics.jsonl"

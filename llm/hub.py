@@ -30,8 +30,8 @@ from huggingface_hub.errors import (GatedRepoError, HFValidationError, HfHubHTTP
 from huggingface_hub.utils import validate_repo_id
 
 from llm.card import LOSS_CURVE, loss_curve_svg, render_card
-from llm.checkpoint import (CONFIG, META, TOKENIZER, WEIGHTS, CheckpointError, __version__, read_metrics,
-                            resolve)
+from llm.checkpoint import (CONFIG, META, TOKENIZER, WEIGHTS, CheckpointError, __version__, metrics_dir,
+                            read_metrics, resolve)
 
 ENV_CHECKPOINT = "SCRATCHGPT_CHECKPOINT"  # the model a Space (or any app.py run) loads when no --checkpoint is given
 METRICS, CARD = "metrics.jsonl", "README.md"
@@ -191,13 +191,6 @@ def space_runtime() -> dict[str, str] | None:
 
 # -----------------------------------------------------------------------------
 # model repos
-
-def metrics_dir(ckpt: str | os.PathLike) -> Path | None:
-    """Where a checkpoint's metrics.jsonl is: OUT for OUT/best or OUT/last, the directory itself for a model repo
-    snapshot (whose files all sit at its root); None if there is none. For read_metrics(), in the app too."""
-    ckpt = Path(ckpt)
-    return next((d for d in (ckpt, ckpt.parent) if (d / METRICS).is_file()), None)
-
 
 def _sample(ckpt: Path, max_new_tokens: int, seed: int = 0) -> tuple[str, str]:
     """Generate the card's sample from the weights being published (this also proves they load)."""
