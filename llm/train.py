@@ -319,8 +319,7 @@ def train(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = False,
     batch_gen = torch.Generator().manual_seed(cfg.seed)
     step, tokens_seen, train_time, best_val, bad_steps_total = 0, 0, 0.0, float("inf"), 0
     if state is not None:
-        load_weights(model, last / WEIGHTS)
-        model.to(device)
+        load_weights(model, last / WEIGHTS)  # copies into the tensors already on `device`
         for opt, sd in zip(optimizers, state["optimizers"]):
             opt.load_state_dict(sd)
         _set_rng_state(state["rng"], batch_gen)
@@ -331,7 +330,8 @@ def train(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = False,
         (out / "metrics.jsonl").unlink(missing_ok=True)
     fwd = torch.compile(model) if cfg.compile else model
     peak = peak_flops(device)
-    flops_per_step = model.flops_per_token() * cfg.batch_size * cfg.grad_accum * model_cfg.block_size
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * model_cfg.block_size
+    flops_per_step = model.flops_per_token() * tokens_per_step
     min_ratio = cfg.min_lr / cfg.lr
     time_budget = cfg.time_budget if cfg.time_budget or cfg.max_steps else 300.0  # neither: about 5 minutes
 
@@ -379,17 +379,12 @@ def train(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = False,
     prior_wall = read_meta(out / "last").get("wall_time", 0.0) if resume else 0.0
     t_start = time.time()
     start_step, start_train_time, tokens_seen_run, bad_in_a_row = step, train_time, 0, 0
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * model_cfg.block_size
     last_eval = None
     bar = tqdm(total=cfg.max_steps or None, initial=step, unit="step", disable=not progress, dynamic_ncols=True)
     stop = _StopFlag()
     fwd.train()
     with stop.installed():
-        while True:
-            if cfg.max_steps and step >= cfg.max_steps or time_budget and train_time >= time_budget:
-                break
-            if stop.signum:
-                break
+        while not (stop.signum or cfg.max_steps and step >= cfg.max_steps or time_budget and train_time >= time_budget):
             t0 = time.perf_counter()
             mult = get_lr(step, progress_of(step, train_time), cfg.warmup_steps, min_ratio)
             for opt in optimizers:
