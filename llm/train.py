@@ -64,7 +64,9 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | mps
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    compile: bool = True  # torch.compile: ~1.8x a training step on a 2-core CPU after ~20 s of compiling
+    # torch.compile; None = on CUDA only. On a 2-core CPU the default model's step is bound by matrix multiplies
+    # (no faster compiled) and compiling costs 20-50 s of a 5-minute run (bench/train_bench.py).
+    compile: bool | None = None
 
     def __post_init__(self):
         checks = [
@@ -328,7 +330,8 @@ def train(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = False,
         _truncate_metrics(out, step)
     elif overwrite:
         (out / "metrics.jsonl").unlink(missing_ok=True)
-    fwd = torch.compile(model) if cfg.compile else model
+    use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
+    fwd = torch.compile(model) if use_compile else model
     peak = peak_flops(device)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * model_cfg.block_size
     flops_per_step = model.flops_per_token() * tokens_per_step
@@ -336,7 +339,10 @@ def train(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = False,
     time_budget = cfg.time_budget if cfg.time_budget or cfg.max_steps else 300.0  # neither: about 5 minutes
 
     def progress_of(step: int, train_time: float) -> float:
-        return max(step / cfg.max_steps if cfg.max_steps else 0.0, train_time / time_budget if time_budget else 0.0)
+        """How far the cosine is: by steps it starts after the warmup (as nanoGPT's); under a time budget it
+        spans the whole budget (the warmup is a few seconds of it). With both, whichever is further."""
+        by_steps = (step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1) if cfg.max_steps else 0.0
+        return max(by_steps, train_time / time_budget if time_budget else 0.0)
 
     def save(kind: str, val_loss: float | None, bpb: float | None) -> None:
         meta = {"step": step, "tokens_seen": tokens_seen, "val_loss": val_loss, "bits_per_byte": bpb,
