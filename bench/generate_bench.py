@@ -2,6 +2,7 @@
 
     python bench/generate_bench.py              # both sizes, one intra-op thread for both libraries
     python bench/generate_bench.py --threads 0  # torch's default thread count (2 here)
+    python bench/generate_bench.py --floor      # also: what the weight matrices alone cost per token
 
 Batch 1, a 16-token prompt, 256 new tokens, top-k 50 (temperature 1), with and without the KV cache, random
 weights. Ours is timed through llm.sample.generate, the event-producing path the app and the CLI use (token
@@ -94,6 +95,24 @@ def matmul_share(model: GPT, tokenizer, prompt: list[int]) -> tuple[float, float
     return mm / total, mm / 1e3 / NEW_TOKENS
 
 
+def matmul_floor(model: GPT, dtype: torch.dtype, tokens: int = 100) -> float:
+    """ms per token that the model's weight matrices alone cost at batch 1: one F.linear per matrix per token,
+    the matrices taken in turn as a decode step does (so a model larger than the cache streams from memory)."""
+    weights = [m.weight.detach().to(dtype) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = {w.shape[1]: torch.randn(1, w.shape[1], dtype=dtype) for w in weights}
+
+    def one_token():
+        for w in weights:
+            torch.nn.functional.linear(inputs[w.shape[1]], w)
+
+    for _ in range(5):
+        one_token()
+    t0 = time.perf_counter()
+    for _ in range(tokens):
+        one_token()
+    return (time.perf_counter() - t0) / tokens * 1e3
+
+
 def hf_model(n_layer: int, n_head: int, n_embd: int, vocab_size: int):
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging
@@ -121,6 +140,8 @@ def main() -> None:
                         "libraries' figures swing several-fold from run to run")
     p.add_argument("--no-hf", action="store_true", help="skip transformers")
     p.add_argument("--profile", action="store_true", help="also print the matmul share of our cached path")
+    p.add_argument("--floor", action="store_true",
+                   help="also time the weight matrices alone (fp32 and bf16): the least a decode step can cost")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -183,6 +204,12 @@ def main() -> None:
         for name, model, tokenizer, prompt, _ in results:
             share, ms = matmul_share(model, tokenizer, prompt[0].tolist())
             print(f"  {name}: matrix multiplies {share:.0%} of op time, {ms:.2f} ms per token")
+    if args.floor:
+        print("\nthe weight matrices alone, one batch-1 matmul each per token (no attention, no sampling):")
+        for name, model, _, _, row in results:
+            fp32, bf16 = matmul_floor(model, torch.float32), matmul_floor(model, torch.bfloat16)
+            budget = f", 4x transformers leaves {1e3 / (4 * row['hf cache']):.2f} ms" if "hf cache" in row else ""
+            print(f"  {name}: fp32 {fp32:.2f} ms, bf16 {bf16:.2f} ms per token{budget}")
 
 
 if __name__ == "__main__":
