@@ -57,7 +57,7 @@ def _newton_schulz_gram(x: torch.Tensor, steps: int) -> torch.Tensor:
     """The same iteration carried out on the m x m Gram matrix, touching the m x n x only twice.
 
     Every step multiplies x on the left by P = a + b A + c A^2, a polynomial in A = x x^T, so P commutes with A
-    and the next Gram matrix is P A P. Accumulating Q = P_k ... P_1 gives x_k = Q x_0: 4mn^2 + 34m^3 FLOPs
+    and the next Gram matrix is P A P. Accumulating Q = P_k ... P_1 gives x_k = Q x_0: 4m^2n + 34m^3 FLOPs
     instead of 20m^2n + 10m^3, about half for the 1:3 and 1:6 matrices of a transformer block. Exact in
     arithmetic; used in fp32 only (in bf16 the repeated products of the Gram matrix lose too much precision).
     """
