@@ -64,8 +64,8 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | mps
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    # torch.compile; None = on CUDA only. On a 2-core CPU the default model's step is bound by matrix multiplies
-    # (no faster compiled) and compiling costs 20-50 s of a 5-minute run (bench/train_bench.py).
+    # torch.compile; None = on CUDA only. On a 2-core CPU compiling costs 20-50 s of a 5-minute run, more than
+    # the compiled steps save (bench/README.md, Training).
     compile: bool | None = None
 
     def __post_init__(self):
