@@ -10,11 +10,13 @@ implements this protocol (documented there too):
     cache.update(layer, k, v)    k, v (B, H, T, hd) for positions [pos, pos + T); returns the keys and values
                                  for [0, pos + T), each (B, H, pos + T, hd)
     cache.advance(T)             called once per forward, after the last layer
+`model.decoder()` gives the sampler a leaner one-token step with the same arithmetic (see GPT.decoder).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,13 +34,13 @@ MLP_CHOICES = ("swiglu", "gelu")
 
 @dataclass
 class ModelConfig:
-    # defaults sized for about 5 minutes of training on a laptop CPU (bench/train_bench.py); vocab_size comes
-    # from the tokenizer
+    # defaults sized for about 5 minutes of training on a laptop CPU: at that budget a smaller model that takes
+    # more steps wins (bench/README.md, Training); vocab_size comes from the tokenizer
     vocab_size: int = 1024
     block_size: int = 64
-    n_layer: int = 4
+    n_layer: int = 3
     n_head: int = 4
-    n_embd: int = 128
+    n_embd: int = 96
     dropout: float = 0.0
     bias: bool = False
     pos: str = "rope"  # rope | learned | sinusoidal
@@ -90,6 +92,11 @@ def sinusoidal_table(block_size: int, n_embd: int) -> torch.Tensor:
     return table.float()
 
 
+def rms_norm(x: torch.Tensor, gain: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / ||x|| * gain over the last dim; RMSNorm's gain is weight * sqrt(C), as ||x|| = sqrt(C) * rms(x)."""
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps) * gain
+
+
 class RMSNorm(nn.Module):
     """x / rms(x) * weight, computed as x / ||x|| * sqrt(C) * weight: on a CPU, F.rms_norm (and F.normalize's
     Python wrappers) cost several times the op dispatches, and dispatches are what a decode step spends."""
@@ -101,8 +108,7 @@ class RMSNorm(nn.Module):
         self.register_buffer("scale", torch.tensor(math.sqrt(n_embd)), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(self.eps)  # (..., 1) = sqrt(C) * rms
-        return x / norm * (self.weight * self.scale)
+        return rms_norm(x, self.weight * self.scale, self.eps)
 
     def reset_parameters(self) -> None:
         nn.init.ones_(self.weight)
@@ -299,6 +305,60 @@ class GPT(nn.Module):
         if return_attn:
             return logits, loss, attns
         return logits, loss
+
+    def decoder(self) -> Callable[[torch.Tensor, KVCache], torch.Tensor]:
+        """A sampler's one-token step, bound to the weights as they are now: step(idx, kv_cache) takes idx (B, 1)
+        after kv_cache.pos cached positions, extends the cache by one and returns logits (B, V), equal bit for
+        bit to forward(idx, kv_cache=kv_cache)[0][:, -1]. Make a new one after the weights change.
+
+        Inference only (no dropout, no attention weights). It is forward's arithmetic, op for op, without what a
+        single position does not need: no module calls or attribute lookups (the weights and each RMSNorm's
+        gain are looked up here, once), (B, H, 1, hd) heads with no transposes, no mask. On a CPU a decode step
+        pays per op and per Python call, not per FLOP: this makes it about a third cheaper (bench/README.md)."""
+        c = self.config
+        H, hd = c.n_head, c.n_embd // c.n_head
+
+        def norm(m: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+            if isinstance(m, RMSNorm):
+                gain, eps = (m.weight * m.scale).detach(), m.eps
+                return lambda x: rms_norm(x, gain, eps)
+            return lambda x: F.layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps)
+
+        layers = [
+            (norm(b.ln_1), b.attn.c_attn.weight, b.attn.c_attn.bias, b.attn.c_proj.weight, b.attn.c_proj.bias,
+             norm(b.ln_2), b.mlp.c_fc.weight, b.mlp.c_fc.bias, b.mlp.c_proj.weight, b.mlp.c_proj.bias, b.mlp.swiglu)
+            for b in self.h
+        ]
+        ln_f, wte, head = norm(self.ln_f), self.wte.weight, self.lm_head.weight
+        wpe = self.wpe.weight if self.wpe is not None else self.pos_table if c.pos == "sinusoidal" else None
+        rope = self.rope_freqs if c.pos == "rope" else None
+
+        def step(idx: torch.Tensor, kv_cache: KVCache) -> torch.Tensor:
+            B, pos = idx.size(0), kv_cache.pos
+            if pos >= c.block_size:
+                raise ValueError(f"sequence of {pos + 1} tokens ({pos} cached + 1 new) exceeds block_size {c.block_size}")
+            x = F.embedding(idx[:, 0], wte)  # (B, C)
+            if wpe is not None:
+                x = x + wpe.select(0, pos)
+            freqs = rope.select(0, pos) if rope is not None else None  # (hd/2,)
+            for i, (ln_1, w_qkv, b_qkv, w_o, b_o, ln_2, w_fc, b_fc, w_p, b_p, swiglu) in enumerate(layers):
+                qkv = F.linear(ln_1(x), w_qkv, b_qkv).view(B, 3, H, 1, hd)
+                qk = qkv.narrow(1, 0, 2) if freqs is None else apply_rope(qkv.narrow(1, 0, 2), freqs)
+                q, k = qk.unbind(1)  # (B, H, 1, hd) each
+                k, v = kv_cache.update(i, k, qkv.select(1, 2))  # (B, H, Tk, hd)
+                y = F.scaled_dot_product_attention(q, k, v)  # one query sees every key: no mask
+                x = x + F.linear(y.view(B, -1), w_o, b_o)
+                h = F.linear(ln_2(x), w_fc, b_fc)
+                if swiglu:
+                    gate, up = h.chunk(2, dim=-1)
+                    h = F.silu(gate) * up
+                else:
+                    h = F.gelu(h)
+                x = x + F.linear(h, w_p, b_p)
+            kv_cache.advance(1)
+            return F.linear(ln_f(x), head)
+
+        return step
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count (shared tensors once). non_embedding leaves out the lookup-only tables: the learned

@@ -220,6 +220,8 @@ def generate_ids(
         seen = torch.zeros(B, V, dtype=torch.bool, device=device)
         seen[:, [i for i in prompt_ids if 0 <= i < V]] = True
     cache = KVCache.for_model(model, B) if config.use_kv_cache else None
+    # one token per step through the model's lean decode step where it has one (forward's arithmetic, fewer ops)
+    step_one = model.decoder() if cache is not None and isinstance(model, GPT) else None
 
     # One prefill for every sample: all rows share the prompt, the cache broadcasts it.
     logits = model(buf[:1, :n], kv_cache=cache)[0][:, -1, :V].expand(B, V)  # (B, V)
@@ -238,9 +240,9 @@ def generate_ids(
                 cache.reset()
         if cache is not None and cache.pos > 0:
             x = buf[:, n - 1 : n]  # (B, 1): one token per step
+            logits = step_one(x, cache)[:, :V] if step_one else model(x, kv_cache=cache)[0][:, -1, :V]
         else:
-            x = buf[:, start:n]  # (B, T): no cache, or a (re)fill
-        logits = model(x, kv_cache=cache)[0][:, -1, :V]
+            logits = model(buf[:, start:n], kv_cache=cache)[0][:, -1, :V]  # (B, T): no cache, or a (re)fill
 
 
 # --- text --------------------------------------------------------------------------------------------------

@@ -88,6 +88,33 @@ def test_cache_logits_match_full_forward_with_chunk_after_filled_cache(pos):
         model(idx[:, :1], kv_cache=cache)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("norm,mlp", [("rmsnorm", "swiglu"), ("layernorm", "gelu"), ("rmsnorm", "gelu")])
+@pytest.mark.parametrize("pos", POSITIONS)
+def test_decoder_steps_equal_forward_for_every_variant(pos, norm, mlp, bias):
+    """model.decoder(), the sampler's lean one-token step (its own code), against forward: bit for bit against
+    forward's one-token steps, and close to one full forward, for three rows that share a batch-1 prefill."""
+    model = tiny(pos, norm=norm, mlp=mlp, bias=bias)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("bias", "ln_1.weight", "ln_2.weight", "ln_f.weight")):  # not the init's 0 / 1
+                p.normal_(0.5 if name.endswith("weight") else 0.0, 0.1)
+    idx = torch.cat([torch.randint(0, 257, (1, 6)).expand(3, 6), torch.randint(0, 257, (3, 10))], dim=1)
+    full, _ = model(idx)
+    caches = [KVCache.for_model(model, batch_size=3) for _ in range(2)]
+    with torch.inference_mode():
+        step = model.decoder()
+        prefill = [model(idx[:1, :6], kv_cache=c)[0][:, -1] for c in caches]
+        fast = [step(idx[:, t : t + 1], caches[0]) for t in range(6, 16)]
+        plain = [model(idx[:, t : t + 1], kv_cache=caches[1])[0][:, -1] for t in range(6, 16)]
+        with pytest.raises(ValueError, match="block_size"):
+            step(idx[:, :1], caches[0])
+    assert caches[0].pos == 16 and torch.equal(caches[0].k, caches[1].k) and torch.equal(caches[0].v, caches[1].v)
+    assert torch.equal(torch.stack(fast, 1), torch.stack(plain, 1))
+    expected = torch.cat([prefill[0].expand(3, -1)[:, None], torch.stack(fast, 1)], dim=1)
+    torch.testing.assert_close(expected, full[:, 5:], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("pos", POSITIONS)
 def test_greedy_with_cache_equals_no_cache_past_block_size(pos):
     """40 new tokens from a block of 16: the window slides (and the cache refills) several times."""
@@ -122,6 +149,8 @@ def test_num_samples_share_one_prefill():
     model = tiny()
     calls = []
     model.register_forward_pre_hook(lambda m, args, kwargs: calls.append(tuple(args[0].shape)), with_kwargs=True)
+    step = model.decoder()
+    model.decoder = lambda: lambda idx, cache: calls.append(tuple(idx.shape)) or step(idx, cache)
     out = ids_of(model, list(range(10)), num_samples=3, temperature=1.0, seed=0, max_new_tokens=5)
     assert calls[0] == (1, 10)  # one prefill, batch 1
     assert calls[1:] == [(3, 1)] * 4  # then one token per step for every sample
