@@ -1,6 +1,7 @@
 """Training speed and quality on tiny shakespeare, side by side in one run.
 
     python bench/train_bench.py [--corpus ../shared/data/tinyshakespeare.txt] [--skip-default-run]
+    python bench/train_bench.py --skip-default-run --set n_layer=4 n_embd=128   # (b) with other settings
 
 (a) reference: nanoGPT's CPU "baby GPT" (4 layers, 4 heads, 128 dims, block 64, batch 12, learned positions,
     LayerNorm, GELU, AdamW lr 1e-3, warmup 100, cosine to 1e-4 over 2000 steps, dropout 0), character level;
@@ -55,7 +56,26 @@ def main() -> None:
     p.add_argument("--skip-default-run", action="store_true", help="skip (c), the 5-minute BPE run")
     p.add_argument("--skip-reference", type=float, default=0.0,
                    help="seconds: skip (a) and give (b) this budget instead")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="change (b)'s settings (ModelConfig or TrainConfig fields), e.g. n_layer=4 n_embd=128")
     args = p.parse_args()
+    model_set, train_set = {}, {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in ModelConfig.__dataclass_fields__ and key not in TrainConfig.__dataclass_fields__:
+            p.error(f"--set {item}: {key!r} is not a ModelConfig or TrainConfig field")
+        if key in ("corpus", "out", "time_budget", "max_steps"):
+            p.error(f"--set {item}: the bench sets {key} itself")
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass  # a plain string, e.g. pos=learned
+        (model_set if key in ModelConfig.__dataclass_fields__ else train_set)[key] = value
+    try:
+        def_model = ModelConfig(**model_set)
+        TrainConfig(**train_set)
+    except (TypeError, ValueError) as e:
+        p.error(f"--set: {e}")
     corpus = str(Path(args.corpus).resolve())
     tmp = Path(tempfile.mkdtemp(prefix="train_bench_"))
     common = dict(corpus=(corpus,), tokenizer="char", eval_iters=50, sample_tokens=0, seed=1337)
@@ -70,8 +90,10 @@ def main() -> None:
         ref_rows = run("(a) nanoGPT baby GPT", ref_model, ref_train)
     budget = args.skip_reference or ref_rows[-1]["train_time"]
 
-    def_train = TrainConfig(**common, out=str(tmp / "default"), time_budget=budget, eval_interval=25)
-    def_rows = run("(b) project default", ModelConfig(), def_train)
+    def_train = TrainConfig(**{**common, "out": str(tmp / "default"), "time_budget": budget, "eval_interval": 25,
+                               **train_set})
+    def_rows = run("(b) project default" + (f" with {' '.join(args.set)}" if args.set else ""),
+                   def_model, def_train)
 
     print(f"\nval loss against training time (machine: {platform.machine()}, {os.cpu_count()} cores, "
           f"torch threads {__import__('torch').get_num_threads()})")
