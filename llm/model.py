@@ -169,6 +169,14 @@ class CausalSelfAttention(nn.Module):
         return y, attn
 
 
+def mlp_activation(h: torch.Tensor, swiglu: bool) -> torch.Tensor:
+    """The MLP's nonlinearity on c_fc's output: SwiGLU (silu(gate) * up, the two halves fused) or GELU."""
+    if swiglu:
+        gate, up = h.chunk(2, dim=-1)
+        return F.silu(gate) * up
+    return F.gelu(h)
+
+
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -184,13 +192,7 @@ class MLP(nn.Module):
         self.dropout = config.dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.c_fc(x)
-        if self.swiglu:
-            gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up
-        else:
-            h = F.gelu(h)
-        h = self.c_proj(h)
+        h = self.c_proj(mlp_activation(self.c_fc(x), self.swiglu))
         if self.training and self.dropout:
             h = F.dropout(h, self.dropout)
         return h
@@ -348,12 +350,7 @@ class GPT(nn.Module):
                 k, v = kv_cache.update(i, k, qkv.select(1, 2))  # (B, H, Tk, hd)
                 y = F.scaled_dot_product_attention(q, k, v)  # one query sees every key: no mask
                 x = x + F.linear(y.view(B, -1), w_o, b_o)
-                h = F.linear(ln_2(x), w_fc, b_fc)
-                if swiglu:
-                    gate, up = h.chunk(2, dim=-1)
-                    h = F.silu(gate) * up
-                else:
-                    h = F.gelu(h)
+                h = mlp_activation(F.linear(ln_2(x), w_fc, b_fc), swiglu)
                 x = x + F.linear(h, w_p, b_p)
             kv_cache.advance(1)
             return F.linear(ln_f(x), head)
