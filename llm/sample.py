@@ -220,8 +220,10 @@ def generate_ids(
         seen = torch.zeros(B, V, dtype=torch.bool, device=device)
         seen[:, [i for i in prompt_ids if 0 <= i < V]] = True
     cache = KVCache.for_model(model, B) if config.use_kv_cache else None
-    # one token per step through the model's lean decode step where it has one (forward's arithmetic, fewer ops)
-    step_one = model.decoder() if cache is not None and isinstance(model, GPT) else None
+    # One token per step through the model's lean decode step (forward's arithmetic, fewer ops), unless forward
+    # hooks are registered anywhere in it: the decoder makes no module calls, so it would skip them.
+    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    step_one = model.decoder() if cache is not None and isinstance(model, GPT) and not hooked else None
 
     # One prefill for every sample: all rows share the prompt, the cache broadcasts it.
     logits = model(buf[:1, :n], kv_cache=cache)[0][:, -1, :V].expand(B, V)  # (B, V)

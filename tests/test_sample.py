@@ -115,6 +115,21 @@ def test_decoder_steps_equal_forward_for_every_variant(pos, norm, mlp, bias):
     torch.testing.assert_close(expected, full[:, 5:], rtol=1e-4, atol=1e-5)
 
 
+def test_forward_hooks_see_every_step():
+    """The lean decoder makes no module calls, so a model with forward hooks anywhere in it (the app's tests ban a
+    token with one) is sampled through forward: the hooks run on the prefill and on every step."""
+    model = tiny()
+    for module in (model, model.h[1].mlp):
+        calls = []
+        handle = module.register_forward_hook(lambda m, args, output: calls.append(1))
+        try:
+            tokens = ids_of(model, list(range(10)), temperature=1.0, seed=0, max_new_tokens=12)[0]
+        finally:
+            handle.remove()
+        assert len(calls) == 12  # the prefill, then 11 one-token steps
+        assert tokens == ids_of(model, list(range(10)), temperature=1.0, seed=0, max_new_tokens=12)[0]  # decoder
+
+
 @pytest.mark.parametrize("pos", POSITIONS)
 def test_greedy_with_cache_equals_no_cache_past_block_size(pos):
     """40 new tokens from a block of 16: the window slides (and the cache refills) several times."""
@@ -149,8 +164,6 @@ def test_num_samples_share_one_prefill():
     model = tiny()
     calls = []
     model.register_forward_pre_hook(lambda m, args, kwargs: calls.append(tuple(args[0].shape)), with_kwargs=True)
-    step = model.decoder()
-    model.decoder = lambda: lambda idx, cache: calls.append(tuple(idx.shape)) or step(idx, cache)
     out = ids_of(model, list(range(10)), num_samples=3, temperature=1.0, seed=0, max_new_tokens=5)
     assert calls[0] == (1, 10)  # one prefill, batch 1
     assert calls[1:] == [(3, 1)] * 4  # then one token per step for every sample
