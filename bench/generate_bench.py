@@ -5,10 +5,13 @@
     python bench/generate_bench.py --floor      # also: what the weight matrices alone cost per token
 
 Batch 1, a 16-token prompt, 256 new tokens, top-k 50 (temperature 1), with and without the KV cache, random
-weights. Ours is timed through llm.sample.generate, the event-producing path the app and the CLI use (token
-probability, alternatives, entropy and incremental text for every token). transformers is timed through
-GPT2LMHeadModel.generate from a GPT2Config of the same size (no download). tokens/s = 256 / wall time from the
-call to the last token, prefill included. Time to first token: from the generate call to the first event.
+weights, the same context length for both (block_size = n_positions = 272: neither slides). transformers is timed
+through GPT2LMHeadModel.generate from a GPT2Config of the same size (no download), which returns token ids. Ours
+is timed two ways: llm.sample.generate_ids, token ids, the same work as transformers' generate; and
+llm.sample.generate, the event path the app and the CLI use, which also gives every token's probability, 5
+alternatives, the entropy and incremental UTF-8 text (work transformers' generate does not do). tokens/s = 256 /
+wall time from the call to the last token, prefill included. Time to first token: from the generate call to the
+first event.
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from llm.model import GPT, ModelConfig
-from llm.sample import SampleConfig, generate
+from llm.sample import SampleConfig, generate, generate_ids
 
 SIZES = [  # (n_layer, n_head, n_embd, vocab_size)
     (4, 4, 128, 65),
     (6, 6, 384, 4096),
 ]
-PROMPT_LEN, NEW_TOKENS, TOP_K, BLOCK_SIZE = 16, 256, 50, 256
+PROMPT_LEN, NEW_TOKENS, TOP_K = 16, 256, 50
+BLOCK_SIZE = PROMPT_LEN + NEW_TOKENS  # as transformers' n_positions
 
 
 class BenchTokenizer:
@@ -62,10 +66,12 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
-def ours(model: GPT, tokenizer, prompt: list[int], use_kv_cache: bool) -> int:
+def ours(model: GPT, tokenizer, prompt: list[int], use_kv_cache: bool, events: bool = True) -> int:
+    """256 new tokens through generate (events, as the app) or generate_ids (token ids, as transformers)."""
     cfg = SampleConfig(max_new_tokens=NEW_TOKENS, temperature=1.0, top_k=TOP_K, seed=0, use_kv_cache=use_kv_cache)
+    steps = generate(model, tokenizer, prompt, cfg) if events else generate_ids(model, prompt, cfg)
     n = 0
-    for _ in generate(model, tokenizer, prompt, cfg):
+    for _ in steps:
         n += 1
     assert n == NEW_TOKENS, n
     return n
@@ -97,13 +103,25 @@ def matmul_share(model: GPT, tokenizer, prompt: list[int]) -> tuple[float, float
 
 def matmul_floor(model: GPT, dtype: torch.dtype, tokens: int = 100) -> float:
     """ms per token that the model's weight matrices alone cost at batch 1: one F.linear per matrix per token,
-    the matrices taken in turn as a decode step does (so a model larger than the cache streams from memory)."""
-    weights = [m.weight.detach().to(dtype) for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    inputs = {w.shape[1]: torch.randn(1, w.shape[1], dtype=dtype) for w in weights}
+    the matrices taken in turn as a decode step does (so a model larger than the cache streams from memory).
+    torch.int8: weight-only int8 with a scale per row, through torch's own kernel (torch._weight_int8pack_mm,
+    the one gpt-fast uses), fp32 activations."""
+    weights = [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = {w.shape[1]: torch.randn(1, w.shape[1], dtype=torch.float32 if dtype == torch.int8 else dtype)
+              for w in weights}
+    if dtype == torch.int8:
+        scaled = [(w, w.abs().amax(dim=1).clamp_min(1e-8) / 127) for w in weights]
+        packed = [((w / scale[:, None]).round().to(torch.int8), scale) for w, scale in scaled]
 
-    def one_token():
-        for w in weights:
-            torch.nn.functional.linear(inputs[w.shape[1]], w)
+        def one_token():
+            for w, scale in packed:
+                torch._weight_int8pack_mm(inputs[w.shape[1]], w, scale)
+    else:
+        weights = [w.to(dtype) for w in weights]
+
+        def one_token():
+            for w in weights:
+                torch.nn.functional.linear(inputs[w.shape[1]], w)
 
     for _ in range(5):
         one_token()
@@ -113,13 +131,17 @@ def matmul_floor(model: GPT, dtype: torch.dtype, tokens: int = 100) -> float:
     return (time.perf_counter() - t0) / tokens * 1e3
 
 
+def _verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
 def hf_model(n_layer: int, n_head: int, n_embd: int, vocab_size: int):
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging
 
     logging.set_verbosity_error()
     cfg = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=vocab_size,
-                     n_positions=PROMPT_LEN + NEW_TOKENS)  # it cannot slide, so it gets every position
+                     n_positions=BLOCK_SIZE)
     return GPT2LMHeadModel(cfg).eval()
 
 
@@ -141,7 +163,8 @@ def main() -> None:
     p.add_argument("--no-hf", action="store_true", help="skip transformers")
     p.add_argument("--profile", action="store_true", help="also print the matmul share of our cached path")
     p.add_argument("--floor", action="store_true",
-                   help="also time the weight matrices alone (fp32 and bf16): the least a decode step can cost")
+                   help="also time the weight matrices alone (fp32, bf16, int8 weight-only): the least a decode "
+                        "step can cost")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -152,8 +175,8 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch 1, {PROMPT_LEN}-token prompt, "
           f"{NEW_TOKENS} new tokens, top-k {TOP_K}; cached: best of {args.repeats}, no-cache: one run\n")
-    header = (f"{'model':<18}{'params':>8}{'ours cache':>12}{'ours no-cache':>15}{'hf cache':>10}"
-              f"{'hf no-cache':>13}{'cache/hf':>10}{'cache/no-cache':>16}")
+    header = (f"{'model':<18}{'params':>8}{'ours ids':>10}{'ours events':>13}{'ours no-cache':>15}{'hf cache':>10}"
+              f"{'hf no-cache':>13}{'ids/hf':>8}{'events/hf':>11}{'cache/no-cache':>16}")
     print(header + "\n" + "-" * len(header))
     results = []
     for n_layer, n_head, n_embd, vocab_size in SIZES:
@@ -163,42 +186,45 @@ def main() -> None:
         model = GPT(config).eval()
         tokenizer = BenchTokenizer(vocab_size)
         prompt = torch.randint(0, vocab_size, (1, PROMPT_LEN))
-        ours(model, tokenizer, prompt[0].tolist(), True)  # warm-up
         ids = prompt[0].tolist()
-        m = hf_model(n_layer, n_head, n_embd, vocab_size) if have_hf else None
-        if m is not None:
-            hf(m, prompt, True)  # warm-up
-        # cached runs alternate between the two libraries, so both see the same machine load
-        row = {"cache": 0.0} if m is None else {"cache": 0.0, "hf cache": 0.0}
-        run_ours = functools.partial(ours, model, tokenizer, ids)
-        run_hf = functools.partial(hf, m, prompt)
+        runs = {  # name -> one timed call; cached runs alternate between all of them, so all see the same load
+            "ids": functools.partial(ours, model, tokenizer, ids, True, False),
+            "events": functools.partial(ours, model, tokenizer, ids, True, True),
+        }
+        if have_hf:
+            runs["hf cache"] = functools.partial(hf, hf_model(n_layer, n_head, n_embd, vocab_size), prompt, True)
+        for run in runs.values():
+            run()  # warm-up
+        row = dict.fromkeys(runs, 0.0)
         for _ in range(args.repeats):
-            row["cache"] = max(row["cache"], NEW_TOKENS / best_time(functools.partial(run_ours, True), 1))
-            if m is not None:
-                row["hf cache"] = max(row["hf cache"], NEW_TOKENS / best_time(functools.partial(run_hf, True), 1))
+            for key, run in runs.items():
+                row[key] = max(row[key], NEW_TOKENS / best_time(run, 1))
         # no-cache runs take 10-100x longer and vary less: one each
-        row["no-cache"] = NEW_TOKENS / best_time(functools.partial(run_ours, False), 1)
-        if m is not None:
-            row["hf no-cache"] = NEW_TOKENS / best_time(functools.partial(run_hf, False), 1)
+        row["no-cache"] = NEW_TOKENS / best_time(functools.partial(ours, model, tokenizer, ids, False, False), 1)
+        if have_hf:
+            row["hf no-cache"] = NEW_TOKENS / best_time(functools.partial(hf, runs["hf cache"].args[0], prompt, False), 1)
         name = f"{n_layer}x{n_head}x{n_embd} V{vocab_size}"
-        vs_hf = f"{row['cache'] / row['hf cache']:.1f}x" if have_hf else "-"
-        print(f"{name:<18}{model.num_params() / 1e6:>7.2f}M{row['cache']:>12.0f}{row['no-cache']:>15.0f}"
-              f"{row.get('hf cache', float('nan')):>10.0f}{row.get('hf no-cache', float('nan')):>13.0f}"
-              f"{vs_hf:>10}{row['cache'] / row['no-cache']:>15.1f}x")
+        nan = float("nan")
+        ratios = (f"{row['ids'] / row['hf cache']:>7.1f}x{row['events'] / row['hf cache']:>10.1f}x" if have_hf
+                  else f"{'-':>8}{'-':>11}")
+        print(f"{name:<18}{model.num_params() / 1e6:>7.2f}M{row['ids']:>10.0f}{row['events']:>13.0f}"
+              f"{row['no-cache']:>15.0f}{row.get('hf cache', nan):>10.0f}{row.get('hf no-cache', nan):>13.0f}"
+              f"{ratios}{row['ids'] / row['no-cache']:>15.1f}x")
         results.append((name, model, tokenizer, prompt, row))
 
     name, model, tokenizer, prompt, _ = results[0]
     ttft = time_to_first_token(model, tokenizer, prompt[0].tolist())
     print(f"\ntokens/s (256 new tokens / wall time). Time to first streamed token, {name}: {ttft * 1e3:.1f} ms "
           "(median of 20)")
-    print("\ntargets: cache >= 4x transformers' cache at both sizes; cache >= 5x no-cache; first token < 20 ms")
+    print("\ntargets: cache >= 4x transformers' cache at both sizes (ids: the same work; events: ours does more);"
+          " cache >= 5x no-cache; first token < 20 ms")
     for name, _, _, _, row in results:
-        checks = [f"cache/no-cache {row['cache'] / row['no-cache']:.2f}x {'ok' if row['cache'] >= 5 * row['no-cache'] else 'MISSED'}"]
+        checks = [f"cache/no-cache {row['ids'] / row['no-cache']:.2f}x {_verdict(row['ids'] >= 5 * row['no-cache'])}"]
         if have_hf:
-            ratio = row["cache"] / row["hf cache"]
-            checks.insert(0, f"cache/hf {ratio:.2f}x {'ok' if ratio >= 4 else 'MISSED'}")
+            checks[:0] = [f"{key}/hf {row[key] / row['hf cache']:.2f}x {_verdict(row[key] >= 4 * row['hf cache'])}"
+                          for key in ("ids", "events")]
         print(f"  {name}: " + ", ".join(checks))
-    print(f"  first token {ttft * 1e3:.1f} ms {'ok' if ttft < 0.020 else 'MISSED'}")
+    print(f"  first token {ttft * 1e3:.1f} ms {_verdict(ttft < 0.020)}")
     if args.profile:
         print("\nour cached path under torch.profiler (its overhead inflates the totals, not the shares):")
         for name, model, tokenizer, prompt, _ in results:
@@ -207,9 +233,9 @@ def main() -> None:
     if args.floor:
         print("\nthe weight matrices alone, one batch-1 matmul each per token (no attention, no sampling):")
         for name, model, _, _, row in results:
-            fp32, bf16 = matmul_floor(model, torch.float32), matmul_floor(model, torch.bfloat16)
-            budget = f", 4x transformers leaves {1e3 / (4 * row['hf cache']):.2f} ms" if "hf cache" in row else ""
-            print(f"  {name}: fp32 {fp32:.2f} ms, bf16 {bf16:.2f} ms per token{budget}")
+            fp32, bf16, int8 = (matmul_floor(model, dtype) for dtype in (torch.float32, torch.bfloat16, torch.int8))
+            budget = f"; 4x transformers leaves {1e3 / (4 * row['hf cache']):.2f} ms" if "hf cache" in row else ""
+            print(f"  {name}: fp32 {fp32:.2f} ms, bf16 {bf16:.2f} ms, int8 weight-only {int8:.2f} ms per token{budget}")
 
 
 if __name__ == "__main__":

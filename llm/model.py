@@ -10,7 +10,8 @@ implements this protocol (documented there too):
     cache.update(layer, k, v)    k, v (B, H, T, hd) for positions [pos, pos + T); returns the keys and values
                                  for [0, pos + T), each (B, H, pos + T, hd)
     cache.advance(T)             called once per forward, after the last layer
-`model.decoder()` gives the sampler a leaner one-token step with the same arithmetic (see GPT.decoder).
+`model.decoder()` gives the sampler a leaner one-token step with the same arithmetic (see GPT.decoder); it
+also writes the cache directly, through `cache.layers`: per layer, keys and values as one (B, 2, H, max_len, hd).
 """
 
 from __future__ import annotations
@@ -311,12 +312,15 @@ class GPT(nn.Module):
     def decoder(self) -> Callable[[torch.Tensor, KVCache], torch.Tensor]:
         """A sampler's one-token step, bound to the weights as they are now: step(idx, kv_cache) takes idx (B, 1)
         after kv_cache.pos cached positions, extends the cache by one and returns logits (B, V), equal bit for
-        bit to forward(idx, kv_cache=kv_cache)[0][:, -1]. Make a new one after the weights change.
+        bit to forward(idx, kv_cache=kv_cache)[0][:, -1] (tested on the CPU). Make a new one after the weights
+        change.
 
-        Inference only (no dropout, no attention weights). It is forward's arithmetic, op for op, without what a
-        single position does not need: no module calls or attribute lookups (the weights and each RMSNorm's
-        gain are looked up here, once), (B, H, 1, hd) heads with no transposes, no mask. On a CPU a decode step
-        pays per op and per Python call, not per FLOP: this makes it about a third cheaper (bench/README.md)."""
+        Inference only (no dropout, no attention weights). It is forward's arithmetic without what a single
+        position does not need: no module calls or attribute lookups (weights, their transposes and each
+        RMSNorm's gain are taken here, once), (B, H, 1, hd) heads with no transposes, no mask; RoPE rotates q, k
+        and v in one complex multiply (v by 1 + 0i, which leaves it as it is), so the new key and value go into
+        the cache with one copy. On a CPU a decode step pays per op and per Python call, not per FLOP: this
+        makes it far cheaper than forward (bench/README.md)."""
         c = self.config
         H, hd = c.n_head, c.n_embd // c.n_head
 
@@ -326,34 +330,46 @@ class GPT(nn.Module):
                 return lambda x: rms_norm(x, gain, eps)
             return lambda x: F.layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps)
 
+        def linear(m: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+            # F.linear on a 2-D input is mm(x, W.t()) or addmm(b, x, W.t()); the transposed view is made once here
+            w_t, b = m.weight.detach().t(), m.bias
+            if b is None:
+                return lambda x: torch.mm(x, w_t)
+            b = b.detach()
+            return lambda x: torch.addmm(b, x, w_t)
+
         layers = [
-            (norm(b.ln_1), b.attn.c_attn.weight, b.attn.c_attn.bias, b.attn.c_proj.weight, b.attn.c_proj.bias,
-             norm(b.ln_2), b.mlp.c_fc.weight, b.mlp.c_fc.bias, b.mlp.c_proj.weight, b.mlp.c_proj.bias, b.mlp.swiglu)
+            (norm(b.ln_1), linear(b.attn.c_attn), linear(b.attn.c_proj),
+             norm(b.ln_2), linear(b.mlp.c_fc), linear(b.mlp.c_proj), b.mlp.swiglu)
             for b in self.h
         ]
-        ln_f, wte, head = norm(self.ln_f), self.wte.weight, self.lm_head.weight
+        ln_f, wte, head = norm(self.ln_f), self.wte.weight.detach(), linear(self.lm_head)
         wpe = self.wpe.weight if self.wpe is not None else self.pos_table if c.pos == "sinusoidal" else None
-        rope = self.rope_freqs if c.pos == "rope" else None
+        rope = None
+        if c.pos == "rope":  # (T, 3, 1, 1, hd/2): q and k rotate, v is multiplied by 1
+            f = self.rope_freqs
+            rope = torch.stack([f, f, torch.ones_like(f)], dim=1)[:, :, None, None]
 
         def step(idx: torch.Tensor, kv_cache: KVCache) -> torch.Tensor:
             B, pos = idx.size(0), kv_cache.pos
             if pos >= c.block_size:
                 raise ValueError(f"sequence of {pos + 1} tokens ({pos} cached + 1 new) exceeds block_size {c.block_size}")
-            x = F.embedding(idx[:, 0], wte)  # (B, C)
+            x = torch.embedding(wte, idx.view(B))  # (B, C)
             if wpe is not None:
                 x = x + wpe.select(0, pos)
-            freqs = rope.select(0, pos) if rope is not None else None  # (hd/2,)
-            for i, (ln_1, w_qkv, b_qkv, w_o, b_o, ln_2, w_fc, b_fc, w_p, b_p, swiglu) in enumerate(layers):
-                qkv = F.linear(ln_1(x), w_qkv, b_qkv).view(B, 3, H, 1, hd)
-                qk = qkv.narrow(1, 0, 2) if freqs is None else apply_rope(qkv.narrow(1, 0, 2), freqs)
-                q, k = qk.unbind(1)  # (B, H, 1, hd) each
-                k, v = kv_cache.update(i, k, qkv.select(1, 2))  # (B, H, Tk, hd)
-                y = F.scaled_dot_product_attention(q, k, v)  # one query sees every key: no mask
-                x = x + F.linear(y.view(B, -1), w_o, b_o)
-                h = mlp_activation(F.linear(ln_2(x), w_fc, b_fc), swiglu)
-                x = x + F.linear(h, w_p, b_p)
+            freqs = rope.select(0, pos) if rope is not None else None  # (3, 1, 1, hd/2)
+            for (ln_1, attn_in, attn_out, ln_2, fc, proj, swiglu), kv in zip(layers, kv_cache.layers):
+                qkv = attn_in(ln_1(x))  # (B, 3C)
+                if freqs is not None:
+                    qkv = torch.view_as_real(torch.view_as_complex(qkv.view(B, 3, H, 1, hd // 2, 2)) * freqs)
+                qkv = qkv.view(B, 3, H, 1, hd)
+                kv.narrow(-2, pos, 1).copy_(qkv.narrow(1, 1, 2))  # kv (B, 2, H, max_len, hd)
+                k, v = kv.narrow(-2, 0, pos + 1).unbind(1)  # (B, H, pos + 1, hd) each
+                y = F.scaled_dot_product_attention(qkv.select(1, 0), k, v)  # one query sees every key: no mask
+                x = x + attn_out(y.view(B, -1))
+                x = x + proj(mlp_activation(fc(ln_2(x)), swiglu))
             kv_cache.advance(1)
-            return F.linear(ln_f(x), head)
+            return head(ln_f(x))
 
         return step
 

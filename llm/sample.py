@@ -11,6 +11,8 @@ The sampler owns the cache. KVCache implements the protocol GPT.forward relies o
                                  for [0, pos + T). B may be 1 for a cache of batch_size rows: a prefill written
                                  once lands in every row, so num_samples > 1 costs a single prefill.
     cache.advance(T)             called by the model once per forward, after the last layer
+    cache.layers                 per layer, keys and values as one (B, 2, H, max_len, hd): GPT.decoder's steps
+                                 write a position's key and value there with one copy
 
 Context window: a prompt longer than block_size is cropped to its last block_size tokens (TokenEvent says how
 many were dropped). When the window is full, the context drops to its last `block_size - block_size // 4` tokens
@@ -74,7 +76,9 @@ def _check_int(name: str, value: object, low: int, note: str = "") -> None:
 
 
 class KVCache:
-    """Pre-allocated keys and values, k and v (n_layer, B, H, max_len, hd). See the module docstring."""
+    """Pre-allocated keys and values: kv (n_layer, B, 2, H, max_len, hd), keys at [:, :, 0] and values at
+    [:, :, 1] (views k and v). One tensor, so a decode step stores a position's key and value with one copy
+    (GPT.decoder). See the module docstring for the protocol."""
 
     def __init__(
         self,
@@ -86,12 +90,12 @@ class KVCache:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ):
-        shape = (n_layer, batch_size, n_head, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.kv = torch.zeros(n_layer, batch_size, 2, n_head, max_len, head_dim, device=device, dtype=dtype)
+        self.k, self.v = self.kv.select(2, 0), self.kv.select(2, 1)  # (n_layer, B, H, max_len, hd) each
         self.max_len = max_len
         self.pos = 0
-        self._layers = list(zip(self.k, self.v))  # per-layer views (B, H, max_len, hd): fewer ops per step
+        self.layers = list(self.kv)  # per-layer views (B, 2, H, max_len, hd): fewer ops per step
+        self._layers = list(zip(self.k, self.v))  # per-layer views (B, H, max_len, hd) of the keys and values
 
     @classmethod
     def for_model(cls, model: GPT, batch_size: int) -> KVCache:
@@ -167,7 +171,8 @@ def sample_next(
     logits: torch.Tensor, config: SampleConfig, generator: torch.Generator, seen: torch.Tensor | None = None
 ) -> torch.Tensor:
     """logits (B, V) -> next token ids (B,). seen (B, V) bool is needed for the repetition penalty."""
-    logits = logits.float()
+    if logits.dtype != torch.float32:
+        logits = logits.float()
     if seen is not None and config.repetition_penalty != 1.0:
         logits = apply_repetition_penalty(logits, seen, config.repetition_penalty)
     if config.temperature == 0.0:
@@ -241,10 +246,12 @@ def generate_ids(
             if cache is not None:
                 cache.reset()
         if cache is not None and cache.pos > 0:
-            x = buf[:, n - 1 : n]  # (B, 1): one token per step
-            logits = step_one(x, cache)[:, :V] if step_one else model(x, kv_cache=cache)[0][:, -1, :V]
+            x = tokens.view(B, 1)  # one token per step
+            logits = step_one(x, cache) if step_one else model(x, kv_cache=cache)[0][:, -1]
         else:
-            logits = model(buf[:, start:n], kv_cache=cache)[0][:, -1, :V]  # (B, T): no cache, or a (re)fill
+            logits = model(buf[:, start:n], kv_cache=cache)[0][:, -1]  # (B, T): no cache, or a (re)fill
+        if logits.size(-1) != V:
+            logits = logits[:, :V]
 
 
 # --- text --------------------------------------------------------------------------------------------------
@@ -336,10 +343,10 @@ def generate(model: GPT, tokenizer, prompt: str | Sequence[int], config: SampleC
     try:
         for index, (tokens, logits) in enumerate(steps):
             with torch.inference_mode():
-                probs = logits.float().softmax(-1)  # (B, V)
+                probs = logits.softmax(-1, dtype=torch.float32)  # (B, V)
                 entropy = torch.special.entr(probs).sum(-1)  # (B,) nats
                 alt_probs, alt_ids = probs.topk(A, dim=-1)  # (B, A)
-                token_probs = probs.gather(-1, tokens[:, None])  # (B, 1)
+                token_probs = probs.gather(-1, tokens.unsqueeze(1))  # (B, 1)
             # One conversion per tensor per step: the Python side of a step is most of its cost on a CPU.
             tokens_l, token_probs_l, entropy_l = tokens.tolist(), token_probs.tolist(), entropy.tolist()
             alt_ids_l, alt_probs_l = alt_ids.tolist(), alt_probs.tolist()
