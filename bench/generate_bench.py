@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
+import math
 import statistics
 import sys
 import time
@@ -102,33 +103,32 @@ def matmul_share(model: GPT, tokenizer, prompt: list[int]) -> tuple[float, float
 
 
 def matmul_floor(model: GPT, dtype: torch.dtype, tokens: int = 100) -> float:
-    """ms per token that the model's weight matrices alone cost at batch 1: one F.linear per matrix per token,
+    """ms per token that the model's weight matrices alone cost at batch 1: one matmul per matrix per token,
     the matrices taken in turn as a decode step does (so a model larger than the cache streams from memory).
-    torch.int8: weight-only int8 with a scale per row, through torch's own kernel (torch._weight_int8pack_mm,
-    the one gpt-fast uses), fp32 activations."""
+    fp32 and bf16: the faster of two layouts, nn.Linear's (out, in) through F.linear and (in, out) contiguous
+    through mm (GPT.decoder's; for fp32 it is the faster one here). torch.int8: weight-only int8 with a scale per
+    row through torch's own kernel (torch._weight_int8pack_mm, the one gpt-fast uses), fp32 activations."""
     weights = [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    inputs = {w.shape[1]: torch.randn(1, w.shape[1], dtype=torch.float32 if dtype == torch.int8 else dtype)
-              for w in weights}
+    x_dtype = torch.float32 if dtype == torch.int8 else dtype
+    inputs = {w.shape[1]: torch.randn(1, w.shape[1], dtype=x_dtype) for w in weights}
     if dtype == torch.int8:
         scaled = [(w, w.abs().amax(dim=1).clamp_min(1e-8) / 127) for w in weights]
         packed = [((w / scale[:, None]).round().to(torch.int8), scale) for w, scale in scaled]
-
-        def one_token():
-            for w, scale in packed:
-                torch._weight_int8pack_mm(inputs[w.shape[1]], w, scale)
+        ways = [lambda: [torch._weight_int8pack_mm(inputs[w.shape[1]], w, scale) for w, scale in packed]]
     else:
-        weights = [w.to(dtype) for w in weights]
-
-        def one_token():
-            for w in weights:
-                torch.nn.functional.linear(inputs[w.shape[1]], w)
-
-    for _ in range(5):
-        one_token()
-    t0 = time.perf_counter()
-    for _ in range(tokens):
-        one_token()
-    return (time.perf_counter() - t0) / tokens * 1e3
+        out_in = [w.to(dtype) for w in weights]
+        in_out = [w.t().contiguous() for w in out_in]
+        ways = [lambda: [torch.nn.functional.linear(inputs[w.shape[1]], w) for w in out_in],
+                lambda: [torch.mm(inputs[w.shape[0]], w) for w in in_out]]
+    best = math.inf
+    for one_token in ways:
+        for _ in range(5):
+            one_token()
+        t0 = time.perf_counter()
+        for _ in range(tokens):
+            one_token()
+        best = min(best, (time.perf_counter() - t0) / tokens * 1e3)
+    return best
 
 
 def _verdict(ok: bool) -> str:

@@ -310,40 +310,47 @@ class GPT(nn.Module):
         return logits, loss
 
     def decoder(self) -> Callable[[torch.Tensor, KVCache], torch.Tensor]:
-        """A sampler's one-token step, bound to the weights as they are now: step(idx, kv_cache) takes idx (B, 1)
-        after kv_cache.pos cached positions, extends the cache by one and returns logits (B, V), equal bit for
-        bit to forward(idx, kv_cache=kv_cache)[0][:, -1] (tested on the CPU). Make a new one after the weights
-        change.
+        """A sampler's one-token step over a copy of the weights as they are now: step(idx, kv_cache) takes idx
+        (B, 1) after kv_cache.pos cached positions, extends the cache by one and returns logits (B, V), equal to
+        forward(idx, kv_cache=kv_cache)[0][:, -1] up to float rounding (tested for every variant). Make a new
+        one after the weights change.
 
-        Inference only (no dropout, no attention weights). It is forward's arithmetic without what a single
-        position does not need: no module calls or attribute lookups (weights, their transposes and each
-        RMSNorm's gain are taken here, once), (B, H, 1, hd) heads with no transposes, no mask; RoPE rotates q, k
-        and v in one complex multiply (v by 1 + 0i, which leaves it as it is), so the new key and value go into
-        the cache with one copy. On a CPU a decode step pays per op and per Python call, not per FLOP: this
-        makes it far cheaper than forward (bench/README.md)."""
+        Inference only (no dropout, no attention weights). It is forward's arithmetic rearranged for a single
+        position, where a CPU pays per op and per Python call more than per FLOP (bench/README.md):
+        - every weight matrix is copied once, here, as a contiguous (in, out) matrix, which a batch-1 matmul
+          reads faster than nn.Linear's (out, in) (`python bench/generate_bench.py --floor`), with each RMSNorm's
+          gain folded into the matrix that follows it (norm(x) * g @ W.T = norm(x) @ (W * g).T): one op less;
+        - no module calls or attribute lookups, (B, H, 1, hd) heads with no transposes, no mask, in-place ops on
+          the tensors the step itself created;
+        - RoPE rotates q, k and v in one complex multiply (v by 1 + 0i, which leaves it as it is), so the new
+          key and value go into the cache with one copy.
+        The copies cost the weights' size in memory while a generation runs, and about 3 ms per million
+        parameters to make on a CPU."""
         c = self.config
         H, hd = c.n_head, c.n_embd // c.n_head
 
-        def norm(m: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        def norm(m: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor | None]:
+            """-> (the norm without an RMSNorm's gain, that gain for the next matrix to absorb)."""
             if isinstance(m, RMSNorm):
-                gain, eps = (m.weight * m.scale).detach(), m.eps
-                return lambda x: rms_norm(x, gain, eps)
-            return lambda x: F.layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps)
+                eps = m.eps
+                return lambda x: x.div(torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(eps)), m.weight * m.scale
+            return lambda x: F.layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps), None
 
-        def linear(m: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
-            # F.linear on a 2-D input is mm(x, W.t()) or addmm(b, x, W.t()); the transposed view is made once here
-            w_t, b = m.weight.detach().t(), m.bias
+        def linear(m: nn.Linear, gain: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+            w = m.weight if gain is None else m.weight * gain
+            w_t, b = w.detach().t().contiguous(), m.bias  # (in, out)
             if b is None:
                 return lambda x: torch.mm(x, w_t)
             b = b.detach()
             return lambda x: torch.addmm(b, x, w_t)
 
-        layers = [
-            (norm(b.ln_1), linear(b.attn.c_attn), linear(b.attn.c_proj),
-             norm(b.ln_2), linear(b.mlp.c_fc), linear(b.mlp.c_proj), b.mlp.swiglu)
-            for b in self.h
-        ]
-        ln_f, wte, head = norm(self.ln_f), self.wte.weight.detach(), linear(self.lm_head)
+        layers = []
+        for block in self.h:
+            (ln_1, g_1), (ln_2, g_2) = norm(block.ln_1), norm(block.ln_2)
+            layers.append((ln_1, linear(block.attn.c_attn, g_1), linear(block.attn.c_proj),
+                           ln_2, linear(block.mlp.c_fc, g_2), linear(block.mlp.c_proj), block.mlp.swiglu))
+        (ln_f, g_f), wte = norm(self.ln_f), self.wte.weight.detach()
+        head = linear(self.lm_head, g_f)
         wpe = self.wpe.weight if self.wpe is not None else self.pos_table if c.pos == "sinusoidal" else None
         rope = None
         if c.pos == "rope":  # (T, 3, 1, 1, hd/2): q and k rotate, v is multiplied by 1
@@ -358,16 +365,23 @@ class GPT(nn.Module):
             if wpe is not None:
                 x = x + wpe.select(0, pos)
             freqs = rope.select(0, pos) if rope is not None else None  # (3, 1, 1, hd/2)
+            # In-place ops (add_, mul_) only ever write tensors this step created
             for (ln_1, attn_in, attn_out, ln_2, fc, proj, swiglu), kv in zip(layers, kv_cache.layers):
                 qkv = attn_in(ln_1(x))  # (B, 3C)
                 if freqs is not None:
-                    qkv = torch.view_as_real(torch.view_as_complex(qkv.view(B, 3, H, 1, hd // 2, 2)) * freqs)
+                    torch.view_as_complex(qkv.view(B, 3, H, 1, hd // 2, 2)).mul_(freqs)
                 qkv = qkv.view(B, 3, H, 1, hd)
                 kv.narrow(-2, pos, 1).copy_(qkv.narrow(1, 1, 2))  # kv (B, 2, H, max_len, hd)
                 k, v = kv.narrow(-2, 0, pos + 1).unbind(1)  # (B, H, pos + 1, hd) each
                 y = F.scaled_dot_product_attention(qkv.select(1, 0), k, v)  # one query sees every key: no mask
-                x = x + attn_out(y.view(B, -1))
-                x = x + proj(mlp_activation(fc(ln_2(x)), swiglu))
+                x.add_(attn_out(y.view(B, -1)))
+                h = fc(ln_2(x))
+                if swiglu:
+                    gate, up = h.chunk(2, dim=-1)
+                    h = F.silu(gate).mul_(up)
+                else:
+                    h = F.gelu(h)
+                x.add_(proj(h))
             kv_cache.advance(1)
             return head(ln_f(x))
 

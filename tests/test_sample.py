@@ -92,8 +92,10 @@ def test_cache_logits_match_full_forward_with_chunk_after_filled_cache(pos):
 @pytest.mark.parametrize("norm,mlp", [("rmsnorm", "swiglu"), ("layernorm", "gelu"), ("rmsnorm", "gelu")])
 @pytest.mark.parametrize("pos", POSITIONS)
 def test_decoder_steps_equal_forward_for_every_variant(pos, norm, mlp, bias):
-    """model.decoder(), the sampler's lean one-token step (its own code), against forward: bit for bit against
-    forward's one-token steps, and close to one full forward, for three rows that share a batch-1 prefill."""
+    """model.decoder(), the sampler's lean one-token step (its own code), against forward: the same logits and
+    cache as forward's one-token steps up to float rounding, and close to one full forward, for three rows that
+    share a batch-1 prefill. The tolerance is float32 rounding's: over 15 seeds the step used under 5% of it,
+    while leaving out one folded RMSNorm gain overshoots it 50-fold or more."""
     model = tiny(pos, norm=norm, mlp=mlp, bias=bias)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -109,8 +111,10 @@ def test_decoder_steps_equal_forward_for_every_variant(pos, norm, mlp, bias):
         plain = [model(idx[:, t : t + 1], kv_cache=caches[1])[0][:, -1] for t in range(6, 16)]
         with pytest.raises(ValueError, match="block_size"):
             step(idx[:, :1], caches[0])
-    assert caches[0].pos == 16 and torch.equal(caches[0].k, caches[1].k) and torch.equal(caches[0].v, caches[1].v)
-    assert torch.equal(torch.stack(fast, 1), torch.stack(plain, 1))
+    assert caches[0].pos == 16
+    tight = {"rtol": 1e-5, "atol": 1e-6}
+    torch.testing.assert_close(caches[0].kv, caches[1].kv, **tight)
+    torch.testing.assert_close(torch.stack(fast, 1), torch.stack(plain, 1), **tight)
     expected = torch.cat([prefill[0].expand(3, -1)[:, None], torch.stack(fast, 1)], dim=1)
     torch.testing.assert_close(expected, full[:, 5:], rtol=1e-4, atol=1e-5)
 
