@@ -237,8 +237,10 @@ class GPT(nn.Module):
         # Fixed tables are derived from the config, so they stay out of the state dict (persistent=False).
         head_dim = config.n_embd // config.n_head
         if config.pos == "rope":
+            # Stored as real (T, hd/2, 2) pairs: Module.to(torch.bfloat16) would drop a complex buffer's imaginary
+            # part (there is no complex bf16); a real one is only rounded, and rope() rebuilds complex fp32 from it.
             freqs = rope_frequencies(config.block_size, head_dim, config.rope_theta)
-            self.register_buffer("rope_freqs", freqs, persistent=False)
+            self.register_buffer("rope_freqs", torch.view_as_real(freqs), persistent=False)
         if config.pos == "sinusoidal":
             self.register_buffer("pos_table", sinusoidal_table(config.block_size, config.n_embd), persistent=False)
         self._init_weights()
@@ -282,7 +284,7 @@ class GPT(nn.Module):
         elif self.config.pos == "sinusoidal":
             x = x + self.pos_table[start : start + T]
         else:
-            freqs = self.rope_freqs[start : start + T, None, None]  # (T, 1, 1, hd/2): broadcasts over (2, H)
+            freqs = self.rope(start, T)[:, None, None]  # (T, 1, 1, hd/2): broadcasts over (2, H)
         if self.training and self.config.dropout:
             x = F.dropout(x, self.config.dropout)
         x = x.view(B * T, -1)  # (B * T, C) from here on
@@ -308,6 +310,10 @@ class GPT(nn.Module):
         if return_attn:
             return logits, loss, attns
         return logits, loss
+
+    def rope(self, start: int, T: int) -> torch.Tensor:
+        """RoPE's rotations for positions [start, start + T), complex64 (T, hd/2)."""
+        return torch.view_as_complex(self.rope_freqs[start : start + T].float())
 
     def decoder(self) -> Callable[[torch.Tensor, KVCache], torch.Tensor]:
         """A sampler's one-token step over a copy of the weights as they are now: step(idx, kv_cache) takes idx
@@ -354,7 +360,7 @@ class GPT(nn.Module):
         wpe = self.wpe.weight if self.wpe is not None else self.pos_table if c.pos == "sinusoidal" else None
         rope = None
         if c.pos == "rope":  # (T, 3, 1, 1, hd/2): q and k rotate, v is multiplied by 1
-            f = self.rope_freqs
+            f = self.rope(0, c.block_size)
             rope = torch.stack([f, f, torch.ones_like(f)], dim=1)[:, :, None, None]
 
         def step(idx: torch.Tensor, kv_cache: KVCache) -> torch.Tensor:
@@ -368,8 +374,10 @@ class GPT(nn.Module):
             # In-place ops (add_, mul_) only ever write tensors this step created
             for (ln_1, attn_in, attn_out, ln_2, fc, proj, swiglu), kv in zip(layers, kv_cache.layers):
                 qkv = attn_in(ln_1(x))  # (B, 3C)
-                if freqs is not None:
+                if freqs is not None and qkv.dtype == torch.float32:
                     torch.view_as_complex(qkv.view(B, 3, H, 1, hd // 2, 2)).mul_(freqs)
+                elif freqs is not None:  # a half-precision model or autocast: complex math in fp32
+                    qkv = apply_rope(qkv.view(B, 3, H, 1, hd), freqs)
                 qkv = qkv.view(B, 3, H, 1, hd)
                 kv.narrow(-2, pos, 1).copy_(qkv.narrow(1, 1, 2))  # kv (B, 2, H, max_len, hd)
                 k, v = kv.narrow(-2, 0, pos + 1).unbind(1)  # (B, H, pos + 1, hd) each

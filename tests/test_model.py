@@ -144,6 +144,21 @@ def test_dropout_only_in_training():
     assert not torch.allclose(model(idx)[0], model(idx)[0])
 
 
+def test_model_cast_to_bf16_keeps_its_positions():
+    """model.to(torch.bfloat16) only rounds the RoPE table. A complex table would lose its imaginary part (sin):
+    with attention sharp enough for positions to matter, that moved logits by 23-37% of their scale over 10
+    seeds, where bf16 rounding moves them by 1-3%."""
+    model = tiny(n_embd=32)
+    with torch.no_grad():
+        for block in model.h:
+            block.attn.c_attn.weight.mul_(30)  # sharp attention
+        model.wte.weight.mul_(20)
+    idx = torch.randint(0, 37, (2, 16))
+    ref = model(idx)[0]
+    out = model.to(torch.bfloat16)(idx)[0].float()
+    assert (out - ref).abs().max() < 0.08 * ref.abs().max()
+
+
 def test_rope_in_half_precision_matches_float32():
     """Under autocast the projections come out bf16; rope computes in fp32 and hands back bf16."""
     from llm.model import apply_rope, rope_frequencies

@@ -119,6 +119,24 @@ def test_decoder_steps_equal_forward_for_every_variant(pos, norm, mlp, bias):
     torch.testing.assert_close(expected, full[:, 5:], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("half", ["bf16 weights", "bf16 autocast"])
+def test_decoder_in_half_precision_matches_forward(half):
+    """The decoder's RoPE multiplies in complex fp32, which a bf16 tensor cannot view as: it must take the fp32 way."""
+    model = tiny("rope")
+    if half == "bf16 weights":
+        model = model.to(torch.bfloat16)
+    idx = torch.randint(0, 257, (2, 8))
+    caches = [KVCache.for_model(model, batch_size=2) for _ in range(2)]
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=half == "bf16 autocast"):
+        for c in caches:
+            model(idx[:, :4], kv_cache=c)
+        step = model.decoder()
+        fast = torch.stack([step(idx[:, t : t + 1], caches[0]) for t in range(4, 8)], 1)
+        plain = torch.stack([model(idx[:, t : t + 1], kv_cache=caches[1])[0][:, -1] for t in range(4, 8)], 1)
+    assert fast.dtype == plain.dtype == torch.bfloat16
+    torch.testing.assert_close(fast.float(), plain.float(), rtol=0.05, atol=0.05)
+
+
 def test_forward_hooks_see_every_step():
     """The lean decoder makes no module calls, so a model with forward hooks anywhere in it (the app's tests ban a
     token with one) is sampled through forward: the hooks run on the prefill and on every step."""
