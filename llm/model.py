@@ -330,8 +330,8 @@ class GPT(nn.Module):
           the tensors the step itself created;
         - RoPE rotates q, k and v in one complex multiply (v by 1 + 0i, which leaves it as it is), so the new
           key and value go into the cache with one copy.
-        The copies cost the weights' size in memory while a generation runs, and about 3 ms per million
-        parameters to make on a CPU."""
+        The copies cost the weights' size in memory while a generation runs, and one pass over the weights to
+        make, once per generation."""
         c = self.config
         H, hd = c.n_head, c.n_embd // c.n_head
 

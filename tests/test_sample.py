@@ -143,7 +143,7 @@ def test_forward_hooks_see_every_step():
     model = tiny()
     for module in (model, model.h[1].mlp):
         calls = []
-        handle = module.register_forward_hook(lambda m, args, output: calls.append(1))
+        handle = module.register_forward_hook(lambda m, args, output, calls=calls: calls.append(1))
         try:
             tokens = ids_of(model, list(range(10)), temperature=1.0, seed=0, max_new_tokens=12)[0]
         finally:
