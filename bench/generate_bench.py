@@ -189,11 +189,12 @@ def main() -> None:
         prompt = torch.randint(0, vocab_size, (1, PROMPT_LEN))
         ids = prompt[0].tolist()
         runs = {  # name -> one timed call; cached runs alternate between all of them, so all see the same load
-            "ids": functools.partial(ours, model, tokenizer, ids, True, False),
-            "events": functools.partial(ours, model, tokenizer, ids, True, True),
+            "ids": functools.partial(ours, model, tokenizer, ids, use_kv_cache=True, events=False),
+            "events": functools.partial(ours, model, tokenizer, ids, use_kv_cache=True, events=True),
         }
-        if have_hf:
-            runs["hf cache"] = functools.partial(hf, hf_model(n_layer, n_head, n_embd, vocab_size), prompt, True)
+        m = hf_model(n_layer, n_head, n_embd, vocab_size) if have_hf else None
+        if m is not None:
+            runs["hf cache"] = functools.partial(hf, m, prompt, use_cache=True)
         for run in runs.values():
             run()  # warm-up
         row = dict.fromkeys(runs, 0.0)
@@ -201,9 +202,10 @@ def main() -> None:
             for key, run in runs.items():
                 row[key] = max(row[key], NEW_TOKENS / best_time(run, 1))
         # no-cache runs take 10-100x longer and vary less: one each
-        row["no-cache"] = NEW_TOKENS / best_time(functools.partial(ours, model, tokenizer, ids, False, False), 1)
-        if have_hf:
-            row["hf no-cache"] = NEW_TOKENS / best_time(functools.partial(hf, runs["hf cache"].args[0], prompt, False), 1)
+        row["no-cache"] = NEW_TOKENS / best_time(
+            functools.partial(ours, model, tokenizer, ids, use_kv_cache=False, events=False), 1)
+        if m is not None:
+            row["hf no-cache"] = NEW_TOKENS / best_time(functools.partial(hf, m, prompt, use_cache=False), 1)
         name = f"{n_layer}x{n_head}x{n_embd} V{vocab_size}"
         nan = float("nan")
         ratios = (f"{row['ids'] / row['hf cache']:>7.1f}x{row['events'] / row['hf cache']:>10.1f}x" if have_hf

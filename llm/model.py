@@ -16,6 +16,7 @@ also writes the cache directly, through `cache.layers`: per layer, keys and valu
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,9 +94,14 @@ def sinusoidal_table(block_size: int, n_embd: int) -> torch.Tensor:
     return table.float()
 
 
+def unit_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / ||x|| over the last dim (||x|| at least eps)."""
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)
+
+
 def rms_norm(x: torch.Tensor, gain: torch.Tensor, eps: float) -> torch.Tensor:
     """x / ||x|| * gain over the last dim; RMSNorm's gain is weight * sqrt(C), as ||x|| = sqrt(C) * rms(x)."""
-    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps) * gain
+    return unit_norm(x, eps) * gain
 
 
 class RMSNorm(nn.Module):
@@ -338,8 +344,7 @@ class GPT(nn.Module):
         def norm(m: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor | None]:
             """-> (the norm without an RMSNorm's gain, that gain for the next matrix to absorb)."""
             if isinstance(m, RMSNorm):
-                eps = m.eps
-                return lambda x: x.div(torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(eps)), m.weight * m.scale
+                return functools.partial(unit_norm, eps=m.eps), m.weight * m.scale
             return lambda x: F.layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps), None
 
         def linear(m: nn.Linear, gain: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -95,7 +95,6 @@ class KVCache:
         self.max_len = max_len
         self.pos = 0
         self.layers = list(self.kv)  # per-layer views (B, 2, H, max_len, hd): fewer ops per step
-        self._layers = list(zip(self.k, self.v))  # per-layer views (B, H, max_len, hd) of the keys and values
 
     @classmethod
     def for_model(cls, model: GPT, batch_size: int) -> KVCache:
@@ -108,7 +107,7 @@ class KVCache:
         end = self.pos + T
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {self.pos} used, {T} more asked for")
-        k_all, v_all = self._layers[layer]
+        k_all, v_all = self.k[layer], self.v[layer]
         k_all.narrow(2, self.pos, T).copy_(k)  # a batch-1 prefill broadcasts over every row
         v_all.narrow(2, self.pos, T).copy_(v)
         if B < k_all.size(0):
