@@ -388,13 +388,7 @@ class GPT(nn.Module):
                 k, v = kv.narrow(-2, 0, pos + 1).unbind(1)  # (B, H, pos + 1, hd) each
                 y = F.scaled_dot_product_attention(qkv.select(1, 0), k, v)  # one query sees every key: no mask
                 x.add_(attn_out(y.view(B, -1)))
-                h = fc(ln_2(x))
-                if swiglu:
-                    gate, up = h.chunk(2, dim=-1)
-                    h = F.silu(gate).mul_(up)
-                else:
-                    h = F.gelu(h)
-                x.add_(proj(h))
+                x.add_(proj(mlp_activation(fc(ln_2(x)), swiglu)))
             kv_cache.advance(1)
             return head(ln_f(x))
 
