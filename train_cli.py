@@ -13,6 +13,11 @@ import json
 import sys
 from pathlib import Path
 
+from llm.cli import ArgumentParser, as_flags
+from llm.config import from_dict
+from llm.model import MLP_CHOICES, NORM_CHOICES, POSITIONS, ModelConfig
+from llm.train import CHOICES, TrainConfig, TrainingError, train
+
 PRESETS = {
     # a few CPU minutes
     "tiny": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128, "batch_size": 32, "time_budget": 120},
@@ -26,14 +31,9 @@ PRESETS = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not usage + error
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     # every default is None so that the flags a user actually typed can be told apart (presets, --resume)
-    p = _Parser(prog="train_cli.py", description="Train a byte-level BPE tokenizer and a GPT on a text corpus.",
+    p = ArgumentParser(prog="train_cli.py", description="Train a byte-level BPE tokenizer and a GPT on a text corpus.",
                 argument_default=None)
     p.add_argument("--corpus", nargs="+", help="text file(s), an http(s) URL, or tiny_shakespeare")
     p.add_argument("--out", help="checkpoint directory (default checkpoints/<corpus name>)")
@@ -43,10 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the checkpoints already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("tokenizer and data")
-    g.add_argument("--tokenizer", choices=["bpe", "char"])
+    g.add_argument("--tokenizer", choices=CHOICES["tokenizer"])
     g.add_argument("--vocab-size", type=int)
     g.add_argument("--val-frac", type=float)
-    g.add_argument("--encoding-errors", choices=["strict", "replace"])
+    g.add_argument("--encoding-errors", choices=CHOICES["encoding_errors"])
     g = p.add_argument_group("model")
     g.add_argument("--n-layer", type=int)
     g.add_argument("--n-head", type=int)
@@ -54,9 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--block-size", type=int)
     g.add_argument("--dropout", type=float)
     g.add_argument("--bias", action=argparse.BooleanOptionalAction)
-    g.add_argument("--pos", choices=["rope", "learned", "sinusoidal"])
-    g.add_argument("--norm", choices=["rmsnorm", "layernorm"])
-    g.add_argument("--mlp", choices=["swiglu", "gelu"])
+    g.add_argument("--pos", choices=list(POSITIONS))
+    g.add_argument("--norm", choices=NORM_CHOICES)
+    g.add_argument("--mlp", choices=MLP_CHOICES)
     g.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction)
     g = p.add_argument_group("training")
     for flag, typ in [("--batch-size", int), ("--grad-accum", int), ("--lr", float), ("--muon-lr", float),
@@ -64,9 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                       ("--max-steps", int), ("--time-budget", float), ("--eval-interval", int),
                       ("--eval-iters", int), ("--log-interval", int), ("--sample-tokens", int), ("--seed", int)]:
         g.add_argument(flag, type=typ)
-    g.add_argument("--optimizer", choices=["adamw", "muon"])
-    g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
-    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    for name in ("optimizer", "device", "dtype"):
+        g.add_argument(f"--{name}", choices=CHOICES[name])
     g.add_argument("--compile", action=argparse.BooleanOptionalAction)
     g = p.add_argument_group("Hugging Face Hub")
     g.add_argument("--push-to-hub", metavar="USER/NAME", help="upload OUT/best with a model card when training ends")
@@ -98,9 +97,6 @@ def read_config_file(path: str) -> dict:
 
 def split_settings(settings: dict) -> tuple[dict, dict]:
     """Route flat settings to ModelConfig and TrainConfig fields; unknown names are an error."""
-    from llm.model import ModelConfig
-    from llm.train import TrainConfig
-
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(settings) - model_fields - train_fields)
@@ -112,10 +108,6 @@ def split_settings(settings: dict) -> tuple[dict, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from llm.config import from_dict
-    from llm.model import ModelConfig
-    from llm.train import TrainConfig, TrainingError, train
-
     meta_flags = {"config", "preset", "resume", "overwrite", "no_progress", "push_to_hub", "hub_private"}
     flags = {k: v for k, v in vars(args).items() if v is not None and k not in meta_flags}
     if "corpus" in flags:
@@ -144,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = train(model_cfg, train_cfg, resume=args.resume, model_overrides=model_flags,
                         train_overrides=train_flags, overwrite=args.overwrite, progress=not args.no_progress)
     except (ValueError, TrainingError, OSError) as e:
-        print(f"train_cli.py: error: {e}", file=sys.stderr)
+        print(f"train_cli.py: error: {as_flags(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("train_cli.py: interrupted; last/ holds the most recent saved checkpoint", file=sys.stderr)
@@ -166,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             url = push_checkpoint(out, args.push_to_hub, private=args.hub_private)
         except (ValueError, OSError) as e:
-            print(f"train_cli.py: error: {e} (checkpoints are saved; retry: python -m llm.hub push {out} "
+            print(f"train_cli.py: error: {as_flags(e)} (checkpoints are saved; retry: python -m llm.hub push {out} "
                   f"{args.push_to_hub})", file=sys.stderr)
             return 1
         print(f"pushed to {url}; open it with: python app.py --checkpoint {args.push_to_hub}")

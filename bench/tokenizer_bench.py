@@ -20,7 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from llm.tokenizer import EOT, GPT4_SPLIT_PATTERN, Tokenizer
+from llm.bpe import GPT4_SPLIT_PATTERN
+from llm.tokenizer import EOT, Tokenizer
 
 
 def best_of(fn, repeat: int) -> tuple[float, object]:

@@ -1,10 +1,11 @@
-"""The one module that reads and writes checkpoints.
-
-A checkpoint directory describes itself:
+"""The one module that reads and writes checkpoints, and that names every file of a run directory:
 
     OUT/best/  model.safetensors  config.json  tokenizer.json  meta.json
     OUT/last/  the same, plus train_state.pt (optimizer, step, RNG states; loads with weights_only=True)
-    OUT/metrics.jsonl
+    OUT/metrics.jsonl  one JSON row per log line: {"kind": "train" | "eval", "step": ..., ...}
+    OUT/train.bin  OUT/val.bin  OUT/data.json   the tokenized corpus (llm/data.py) and its counts
+
+Local directories only: a Hub repo id is resolved above this module (llm/hub.py; llm.load_checkpoint takes both).
 
 Writes are atomic at the directory level: everything goes into a hidden temp directory, each file is fsynced, then
 the old directory is renamed aside and the new one renamed into place. A crash between those two renames leaves the
@@ -14,6 +15,7 @@ previous checkpoint under `.NAME.old`, which `resolve` still finds, so there is 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -31,6 +33,9 @@ from llm.tokenizer import load_tokenizer
 FORMAT_VERSION = 1
 WEIGHTS, CONFIG, TOKENIZER, META, STATE = (
     "model.safetensors", "config.json", "tokenizer.json", "meta.json", "train_state.pt")
+MODEL_FILES = (WEIGHTS, CONFIG, TOKENIZER, META)  # what loading needs; train_state.pt is for resuming only
+METRICS, DATA_INFO, TRAIN_BIN, VAL_BIN = "metrics.jsonl", "data.json", "train.bin", "val.bin"
+CHECKPOINT_KINDS = ("best", "last")
 __version__ = "0.1.0"
 
 
@@ -116,9 +121,17 @@ def _versions() -> dict[str, str]:
     return {"scratchgpt": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
+def has_checkpoints(out_dir: str | Path) -> bool:
+    """True if a run directory holds a best/ or last/ checkpoint."""
+    return any((Path(out_dir) / kind / CONFIG).exists() for kind in CHECKPOINT_KINDS)
+
+
+# -----------------------------------------------------------------------------
+# the run's other files: metrics.jsonl and data.json
+
 def append_metrics(out_dir: str | Path, row: dict) -> None:
     """One JSON object per line in OUT/metrics.jsonl (the app plots it)."""
-    with open(Path(out_dir) / "metrics.jsonl", "a", encoding="utf-8") as f:
+    with open(Path(out_dir) / METRICS, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()
         os.fsync(f.fileno())
@@ -128,12 +141,12 @@ def metrics_dir(ckpt: str | Path) -> Path | None:
     """Where a checkpoint's metrics.jsonl is: OUT for OUT/best or OUT/last, the directory itself for a model repo
     snapshot or a Space (whose files sit beside the weights); None if there is none."""
     ckpt = Path(ckpt)
-    return next((d for d in (ckpt, ckpt.parent) if (d / "metrics.jsonl").is_file()), None)
+    return next((d for d in (ckpt, ckpt.parent) if (d / METRICS).is_file()), None)
 
 
 def read_metrics(out_dir: str | Path) -> list[dict]:
     """Rows of metrics.jsonl; a torn last line (crash mid-write) is skipped."""
-    path = Path(out_dir) / "metrics.jsonl"
+    path = Path(out_dir) / METRICS
     rows = []
     if path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -144,15 +157,48 @@ def read_metrics(out_dir: str | Path) -> list[dict]:
     return rows
 
 
+def truncate_metrics(out_dir: str | Path, step: int) -> None:
+    """Drop rows logged after `step` (on resume: a crash between an eval and the next save)."""
+    path = Path(out_dir) / METRICS
+    if path.exists():
+        keep = [json.dumps(r) for r in read_metrics(out_dir) if r.get("step", 0) <= step]
+        path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+
+
+def metric_rows(rows: list[dict], kind: str) -> list[dict]:
+    """The rows of one kind: "train" (the per-step log) or "eval" (evaluations; a row with no kind, from older
+    runs, is one)."""
+    return [r for r in rows if r.get("kind", "eval") == kind]
+
+
+def metric_points(rows: list[dict], kind: str, key: str) -> list[tuple[float, float]]:
+    """(step, value) of `key` in the rows of one kind, sorted by step; missing and non-finite values left out."""
+    out = []
+    for r in metric_rows(rows, kind):
+        v, s = r.get(key), r.get("step")
+        if isinstance(v, (int, float)) and isinstance(s, (int, float)) and math.isfinite(v):
+            out.append((float(s), float(v)))
+    return sorted(out)
+
+
+def read_data_info(out_dir: str | Path) -> dict:
+    """OUT/data.json (token and byte counts of the tokenized corpus); {} when there is none or it is unreadable."""
+    try:
+        info = json.loads((Path(out_dir) / DATA_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def write_data_info(out_dir: str | Path, info: dict) -> None:
+    _write_json(Path(out_dir) / DATA_INFO, info)
+
+
 # -----------------------------------------------------------------------------
 # reading
 
 def resolve(path: str | Path) -> Path:
-    """OUT/best, OUT/last or OUT (meaning best, else last), or a Hub repo id USER/NAME[@REV] -> the directory."""
-    if isinstance(path, str) and not Path(path).exists():
-        from llm.hub import resolve_checkpoint  # lazy: llm.hub imports this module
-
-        path = resolve_checkpoint(path)  # a repo id -> its snapshot in the HF cache; a path stays as it is
+    """OUT/best, OUT/last or OUT (meaning best, else last) -> the checkpoint directory."""
     path = Path(path)
     for cand in (path, path / "best", path / "last"):
         for d in (cand, cand.parent / f".{cand.name}.old"):  # .old: a crash between the two renames
@@ -163,12 +209,19 @@ def resolve(path: str | Path) -> Path:
     raise CheckpointError(f"no checkpoint at {path}: expected {CONFIG} there or in best/ or last/")
 
 
-def read_config(path: str | Path) -> tuple[ModelConfig, dict]:
-    """The model config and the training config dict stored in a checkpoint."""
+def read_config_dict(path: str | Path) -> dict:
+    """config.json as stored: {"version", "model": ModelConfig fields, "train": TrainConfig fields}."""
     d = resolve(path)
     cfg = _read_json(d / CONFIG)
     if cfg.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"{d / CONFIG}: format version {cfg.get('version')!r}, this code reads {FORMAT_VERSION}")
+    return cfg
+
+
+def read_config(path: str | Path) -> tuple[ModelConfig, dict]:
+    """The model config and the training config dict stored in a checkpoint."""
+    d = resolve(path)
+    cfg = read_config_dict(d)
     try:
         return from_dict(ModelConfig, cfg.get("model", {})), cfg.get("train", {}) or {}
     except (TypeError, ValueError) as e:
@@ -184,7 +237,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     """Load a checkpoint for use: returns (model in eval mode on `device`, tokenizer, meta dict).
 
     `path` is OUT/best, OUT/last, or OUT (which means best). Refuses, naming what differs, a checkpoint whose
-    tokenizer does not fit the model's vocabulary or whose tensors do not match the config.
+    tokenizer does not fit the model's vocabulary or whose tensors do not match the config. meta["path"] is the
+    directory it was loaded from.
     """
     d = resolve(path)
     config, _ = read_config(d)
@@ -202,6 +256,18 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     meta = read_meta(d)
     meta["path"] = str(d)
     return model.to(device).eval(), tokenizer, meta
+
+
+def copy_model_files(path: str | Path, dest: str | Path) -> Path:
+    """Copy what loading a checkpoint needs (MODEL_FILES, not train_state.pt) into `dest`; returns the
+    checkpoint directory they came from."""
+    d, dest = resolve(path), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        if not (d / name).is_file():
+            raise CheckpointError(f"{d}: {name} is missing; not a complete checkpoint")
+        shutil.copyfile(d / name, dest / name)
+    return d
 
 
 def load_weights(model: GPT, file: str | Path) -> None:

@@ -1,4 +1,4 @@
-"""Dataclass configs <-> plain JSON dicts.
+"""Dataclass configs <-> plain JSON dicts, and the error a bad setting raises.
 
 Every config (model, train, sample) is a dataclass stored as JSON in the checkpoint. Reading one back fills
 missing keys with the current defaults (so old checkpoints keep loading) and refuses unknown keys (so a typo in a
@@ -8,9 +8,27 @@ config file is an error, not a silently ignored setting).
 from __future__ import annotations
 
 import dataclasses
+import re
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+FIELD = re.compile(r"`(\w+)`")  # how a message marks a setting's name
+
+
+class FieldNames:
+    """Mixin for errors about settings. The message marks each setting as `name`: str() shows the bare field
+    name (the library's word for it), and render() lets a front end spell it its own way (train_cli.py: --name)."""
+
+    def __str__(self) -> str:
+        return self.render(lambda name: name)
+
+    def render(self, spell: Callable[[str], str]) -> str:
+        return FIELD.sub(lambda m: spell(m.group(1)), str(self.args[0]) if self.args else "")
+
+
+class SettingError(FieldNames, ValueError):
+    """A setting out of its range, or one that does not fit the others; one line for the user."""
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -32,15 +50,6 @@ def from_dict(cls: type[T], d: dict[str, Any]) -> T:
         default = names[k].default
         kwargs[k] = tuple(v) if isinstance(v, list) and isinstance(default, tuple) else v
     return cls(**kwargs)
-
-
-def diff(a: Any, b: Any) -> list[str]:
-    """Fields where two configs of the same class differ, as 'name: a != b' lines."""
-    return [
-        f"{f.name}: {getattr(a, f.name)!r} != {getattr(b, f.name)!r}"
-        for f in dataclasses.fields(a)
-        if getattr(a, f.name) != getattr(b, f.name)
-    ]
 
 
 def _jsonable(v: Any) -> Any:

@@ -20,6 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llm.checkpoint import TRAIN_BIN, VAL_BIN, read_data_info, write_data_info
+from llm.config import SettingError
+
 BUILTIN_CORPORA = {
     "tiny_shakespeare": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
 }
@@ -28,8 +31,8 @@ BIN_VERSION = 1
 HEADER_BYTES = 32  # magic, version (u4), itemsize (u4), count (u8), padding: keeps the ids 32-byte aligned
 
 
-class DataError(ValueError):
-    """Bad corpus or data file; the message is one line meant for the user."""
+class DataError(SettingError):
+    """Bad corpus or data file; the message is one line meant for the user (settings marked as in SettingError)."""
 
 
 def cache_dir() -> Path:
@@ -80,7 +83,7 @@ def read_text(path: Path, errors: str = "strict") -> str:
         text = data.decode("utf-8", errors=errors)
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not valid UTF-8: byte 0x{data[e.start]:02x} at offset {e.start} "
-                        f"(use --encoding-errors replace to substitute U+FFFD)") from None
+                        f"(set `encoding_errors` to replace to substitute U+FFFD)") from None
     if "\x00" in text:
         raise DataError(f"{path} looks like a binary file (NUL byte at character {text.index(chr(0))})")
     if not text.strip():
@@ -100,11 +103,10 @@ def prepare(texts: list[str], tokenizer, out_dir: str | Path, val_frac: float = 
             min_tokens: int = 2) -> dict:
     """Tokenize once into OUT/train.bin and OUT/val.bin, reused while corpus, tokenizer and split are unchanged.
 
-    Documents are joined with the end-of-text token when the tokenizer has one. The last `val_frac` of the token
-    stream is validation. Returns the info dict saved as OUT/data.json (token and byte counts for bits per byte).
+    Documents are joined with the end-of-text token when the tokenizer has one. The last `val_frac` (in (0, 1),
+    checked by TrainConfig) of the token stream is validation. Returns the info dict saved as OUT/data.json
+    (token and byte counts for bits per byte).
     """
-    if not 0.0 < val_frac < 1.0:
-        raise DataError(f"--val-frac must be between 0 and 1 (exclusive), got {val_frac}")
     out_dir = Path(out_dir)
     h = hashlib.sha256()
     for t in texts:
@@ -113,10 +115,9 @@ def prepare(texts: list[str], tokenizer, out_dir: str | Path, val_frac: float = 
     h.update(f"val_frac={val_frac}".encode())
     key = h.hexdigest()
 
-    info_path = out_dir / "data.json"
-    if info_path.exists() and (out_dir / "train.bin").exists() and (out_dir / "val.bin").exists():
-        info = json.loads(info_path.read_text())
-        if info.get("key") == key and min(info["train_tokens"], info["val_tokens"]) >= min_tokens:
+    info = read_data_info(out_dir)
+    if info.get("key") == key and (out_dir / TRAIN_BIN).exists() and (out_dir / VAL_BIN).exists():
+        if min(info["train_tokens"], info["val_tokens"]) >= min_tokens:
             return info
 
     eot = getattr(tokenizer, "eot_id", None)
@@ -130,15 +131,15 @@ def prepare(texts: list[str], tokenizer, out_dir: str | Path, val_frac: float = 
     for name, part in (("train", train), ("val", val)):
         if len(part) < min_tokens:
             raise DataError(f"the {name} split has {len(part)} tokens, fewer than block_size + 1 = {min_tokens}: "
-                            f"use a longer corpus, a smaller --block-size, or a different --val-frac")
+                            f"use a longer corpus, a smaller `block_size`, or a different `val_frac`")
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: a corpus that fails the checks leaves nothing behind
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
-    write_tokens(out_dir / "train.bin", np.asarray(train, dtype=dtype))
-    write_tokens(out_dir / "val.bin", np.asarray(val, dtype=dtype))
+    write_tokens(out_dir / TRAIN_BIN, np.asarray(train, dtype=dtype))
+    write_tokens(out_dir / VAL_BIN, np.asarray(val, dtype=dtype))
     info = {"key": key, "train_tokens": len(train), "val_tokens": len(val),
             "train_bytes": len(tokenizer.decode_bytes(train)), "val_bytes": len(tokenizer.decode_bytes(val)),
             "dtype": np.dtype(dtype).name}
-    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    write_data_info(out_dir, info)
     return info
 
 

@@ -8,49 +8,26 @@ Bad input (a missing checkpoint, a setting out of range) prints one line on stde
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Sequence
 
-from llm.checkpoint import load_checkpoint
-from llm.sample import SampleConfig, generate
-
-ESCAPES = {"\\n": "\n", "\\t": "\t", "\\\\": "\\"}
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of usage + message
-        self.exit(2, f"error: {message} (see --help)\n")
+from llm import load_checkpoint
+from llm.cli import ArgumentParser, flag
+from llm.sample import KNOBS, SampleConfig, generate, parse_stop
 
 
-def _unescape(s: str) -> str:
-    r"""'\n', '\t' and '\\' typed on a shell command line -> the characters, for --stop."""
-    out, i = [], 0
-    while i < len(s):
-        pair = s[i : i + 2]
-        if pair in ESCAPES:
-            out.append(ESCAPES[pair])
-            i += 2
-        else:
-            out.append(s[i])
-            i += 1
-    return "".join(out)
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> ArgumentParser:
     d = SampleConfig()
-    p = _ArgumentParser(prog="python -m llm.generate", description="Sample text from a trained checkpoint.")
-    p.add_argument("--checkpoint", required=True, help="OUT/best, OUT/last, or OUT (= OUT/best)")
+    p = ArgumentParser(prog="python -m llm.generate", description="Sample text from a trained checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="OUT/best, OUT/last, OUT (= OUT/best), or a Hub repo id")
     p.add_argument("--prompt", default=None, help="text to continue (required unless --interactive)")
     p.add_argument("--interactive", action="store_true",
                    help="read prompts in a loop; Ctrl-C stops an answer, an empty line or Ctrl-D quits")
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=d.top_k, help="0 = off")
-    p.add_argument("--top-p", type=float, default=d.top_p, help="in (0, 1]; 1 = off")
-    p.add_argument("--min-p", type=float, default=d.min_p, help="in [0, 1]; 0 = off")
-    p.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty, help="1 = off")
+    for knob in KNOBS:
+        note = f" ({knob.note})" if knob.note else ""
+        p.add_argument(flag(knob.name), type=int if knob.integer else float, default=getattr(d, knob.name),
+                       help=f"{knob.help}{note}; default %(default)s")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help=r"stop before this text (repeatable; \n and \t are understood)")
     p.add_argument("--seed", type=int, default=None)
@@ -87,13 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.prompt is None and not args.interactive:
         print("error: give --prompt TEXT or --interactive (see --help)", file=sys.stderr)
         return 2
-    config = SampleConfig(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        min_p=args.min_p, repetition_penalty=args.repetition_penalty, stop=tuple(_unescape(s) for s in args.stop),
-        seed=args.seed, num_samples=args.num_samples, use_kv_cache=not args.no_kv_cache,
-    )
     try:
-        config.validate()
+        config = SampleConfig(**{k.name: getattr(args, k.name) for k in KNOBS}, seed=args.seed,
+                              stop=tuple(parse_stop(s, separator=None)[0] for s in args.stop),
+                              num_samples=args.num_samples, use_kv_cache=not args.no_kv_cache)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -7,14 +7,13 @@
 
 A model repo is one checkpoint directory (OUT/best by default) plus the run's metrics.jsonl, a loss-curve SVG
 and a README.md model card: `llm.checkpoint.resolve` finds config.json at its root like in any local checkpoint.
+Repo ids are told from local paths here and only here (is_hub_spec); llm.checkpoint knows local directories only.
 Everything goes through huggingface_hub (HfApi.upload_folder, snapshot_download), so tokens, the cache,
 HF_HUB_OFFLINE and HF_ENDPOINT behave as in every other HF tool.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import re
 import shutil
@@ -30,20 +29,24 @@ from huggingface_hub.errors import (GatedRepoError, HFValidationError, HfHubHTTP
 from huggingface_hub.utils import validate_repo_id
 
 from llm.card import LOSS_CURVE, loss_curve_svg, render_card
-from llm.checkpoint import (CONFIG, META, TOKENIZER, WEIGHTS, CheckpointError, __version__, metrics_dir,
-                            read_metrics, resolve)
+from llm.checkpoint import (CONFIG, METRICS, MODEL_FILES, CheckpointError, __version__, copy_model_files,
+                            load_checkpoint, metrics_dir, read_config_dict, read_data_info, read_meta, read_metrics,
+                            resolve)
+from llm.cli import ArgumentParser, as_flags
+from llm.config import FieldNames
+from llm.sample import sample_text
 
 ENV_CHECKPOINT = "SCRATCHGPT_CHECKPOINT"  # the model a Space (or any app.py run) loads when no --checkpoint is given
-METRICS, CARD = "metrics.jsonl", "README.md"
-MODEL_FILES = (WEIGHTS, CONFIG, TOKENIZER, META)  # what a checkpoint needs to load; train_state.pt stays home
+CARD = "README.md"
 SPACE_CHECKPOINT_DIR = "checkpoint"  # where deploy-space puts a bundled checkpoint inside the Space
 # the app and what it imports; tests, benchmarks, checkpoints and caches stay out of the Space
 SPACE_FILES = ("app.py", "train_cli.py", "requirements.txt", "README.md", "LICENSE", "llm/*.py", "assets/**/*")
 _REPO_SPEC = re.compile(r"^(?P<id>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w.\-/]+))?$")
 
 
-class HubError(CheckpointError):
-    """A Hub operation that cannot go ahead; the message is one line for the user."""
+class HubError(FieldNames, CheckpointError):
+    """A Hub operation that cannot go ahead; the message is one line for the user (settings marked as in
+    llm.config.SettingError)."""
 
 
 # -----------------------------------------------------------------------------
@@ -84,9 +87,9 @@ def check_can_push(repo_id: str) -> str:
     """Fail fast, before a long training run, on what would make the push at its end fail without a network
     call: a malformed id, HF_HUB_OFFLINE=1, no token. Returns the repo id without any @revision."""
     repo_id, _ = check_repo_id(repo_id)
-    _refuse_offline(f"--push-to-hub {repo_id}")
+    _refuse_offline(f"`push_to_hub` {repo_id}")
     if get_token() is None:
-        raise HubError(f"--push-to-hub {repo_id}: not logged in to Hugging Face: run `hf auth login` or set HF_TOKEN")
+        raise HubError(f"`push_to_hub` {repo_id}: not logged in to Hugging Face: run `hf auth login` or set HF_TOKEN")
     return repo_id
 
 
@@ -165,10 +168,16 @@ def download(repo_id: str, revision: str | None = None, cache_dir: str | os.Path
     return path
 
 
+def is_hub_spec(spec: str | os.PathLike) -> bool:
+    """True when `spec` names a Hub repo: not an existing local path, and USER/NAME[@REV] in form. A local path
+    wins: 'checkpoints/run' reads as a repo id too."""
+    return isinstance(spec, str) and not Path(spec).exists() and is_repo_id(spec)
+
+
 def resolve_checkpoint(spec: str | os.PathLike) -> Path:
-    """A local path as it is; else a USER/NAME[@REV] downloaded through the HF cache (llm.checkpoint.resolve's
-    fallback). A failed download says that the local path was tried too: 'checkpoints/run' also reads as a repo id."""
-    if isinstance(spec, str) and not Path(spec).exists() and is_repo_id(spec):
+    """A local path as it is; else a USER/NAME[@REV] downloaded through the HF cache. A failed download says that
+    the local path was tried too."""
+    if is_hub_spec(spec):
         try:
             return download(spec)
         except HubError as e:
@@ -181,57 +190,30 @@ def default_checkpoint(cli_value: str | None = None) -> str | None:
     return cli_value or os.environ.get(ENV_CHECKPOINT) or None
 
 
-def space_runtime() -> dict[str, str] | None:
-    """The Space this process runs in (for display only), from the variables Spaces set; None elsewhere."""
-    if not os.environ.get("SPACE_ID"):
-        return None
-    keys = ("SPACE_ID", "SPACE_HOST", "SPACE_AUTHOR_NAME", "SPACE_REPO_NAME", "SPACE_TITLE", "CPU_CORES", "MEMORY")
-    return {k.lower(): os.environ[k] for k in keys if os.environ.get(k)}
-
-
 # -----------------------------------------------------------------------------
 # model repos
-
-def _sample(ckpt: Path, max_new_tokens: int, seed: int = 0) -> tuple[str, str]:
-    """Generate the card's sample from the weights being published (this also proves they load)."""
-    from llm.checkpoint import load_checkpoint
-    from llm.sample import SampleConfig, generate
-
-    model, tokenizer, _ = load_checkpoint(ckpt)
-    cfg = SampleConfig(max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, seed=seed)
-    text = "".join(ev.text for ev in generate(model, tokenizer, "", cfg))
-    return text, f"temperature {cfg.temperature}, top-k {cfg.top_k}, seed {seed}, {max_new_tokens} tokens at most"
-
 
 def stage_checkpoint(path: str | os.PathLike, dest: str | os.PathLike, repo_id: str | None = None,
                      sample_tokens: int = 200, license: str = "mit", datasets: list[str] | None = None) -> Path:
     """Write into `dest` exactly what a model repo holds: the checkpoint's files, metrics.jsonl, the loss curve
     and the model card. `path` is OUT, OUT/best or OUT/last. Returns `dest`."""
-    ckpt = resolve(path)
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in MODEL_FILES:
-        if not (ckpt / name).is_file():
-            raise HubError(f"{ckpt}: {name} is missing; not a complete checkpoint")
-        shutil.copyfile(ckpt / name, dest / name)
+    ckpt = copy_model_files(path, dest)
     run = metrics_dir(ckpt)
     rows = read_metrics(run) if run else []
     if run:
         shutil.copyfile(run / METRICS, dest / METRICS)
-    data = {}
-    if run and (run / "data.json").is_file():
-        try:
-            data = json.loads((run / "data.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            data = {}
-    config = json.loads((ckpt / CONFIG).read_text(encoding="utf-8"))
-    meta = json.loads((ckpt / META).read_text(encoding="utf-8"))
     (dest / LOSS_CURVE).write_text(loss_curve_svg(rows), encoding="utf-8")
-    sample, settings = _sample(ckpt, sample_tokens) if sample_tokens > 0 else (None, "")
-    if sample is None:  # fall back on the sample logged at the last evaluation, if any
+    sample, settings = None, ""
+    if sample_tokens > 0:  # generated from the weights being published (this also proves they load)
+        model, tokenizer, _ = load_checkpoint(ckpt)
+        sample = sample_text(model, tokenizer, sample_tokens, seed=0)
+        settings = f"temperature 0.8, top-k 50, seed 0, {sample_tokens} tokens at most"
+    else:  # fall back on the sample logged at the last evaluation, if any
         sample = next((r["sample"] for r in reversed(rows) if r.get("sample")), None)
         settings = "logged during training" if sample else ""
-    card = render_card(config, meta, rows, repo_id=repo_id, data=data, sample=sample, sample_settings=settings,
+    card = render_card(read_config_dict(ckpt), read_meta(ckpt), rows, repo_id=repo_id,
+                       data=read_data_info(run) if run else {}, sample=sample, sample_settings=settings,
                        license=license, datasets=datasets)
     (dest / CARD).write_text(card, encoding="utf-8")
     return dest
@@ -249,7 +231,7 @@ def push_checkpoint(path: str | os.PathLike, repo_id: str, private: bool = False
     api = api or HfApi(token=token, library_name="scratchgpt", library_version=__version__)
     with tempfile.TemporaryDirectory(prefix="scratchgpt-push-") as tmp:
         folder = stage_checkpoint(path, tmp, repo_id=repo_id, sample_tokens=sample_tokens, license=license)
-        step = json.loads((folder / META).read_text(encoding="utf-8")).get("step", "?")
+        step = read_meta(folder).get("step", "?")
         with _hub_errors(f"could not push to {repo_id}"):
             api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
             if revision and revision != constants.DEFAULT_REVISION:
@@ -301,12 +283,9 @@ def stage_space(dest: str | os.PathLike, root: str | os.PathLike = ".", checkpoi
     for rel in files:
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(root / rel, dest / rel)
-    if checkpoint and Path(checkpoint).exists():
-        ckpt = resolve(checkpoint)
+    if checkpoint and not is_hub_spec(checkpoint):
         out = dest / SPACE_CHECKPOINT_DIR
-        (out / "best").mkdir(parents=True, exist_ok=True)
-        for name in MODEL_FILES:
-            shutil.copyfile(ckpt / name, out / "best" / name)
+        ckpt = copy_model_files(checkpoint, out / "best")
         if (run := metrics_dir(ckpt)) is not None:
             shutil.copyfile(run / METRICS, out / METRICS)
     elif checkpoint:
@@ -328,12 +307,13 @@ def deploy_space(space_id: str, root: str | os.PathLike = ".", checkpoint: str |
     if rev:
         raise HubError(f"{space_id}@{rev}: a Space is deployed to its main branch; drop the @{rev}")
     _refuse_offline(f"could not deploy the Space {space_id}")
-    if checkpoint and not Path(checkpoint).exists() and not is_repo_id(checkpoint):
-        raise HubError(f"--checkpoint {checkpoint}: neither a local checkpoint directory nor a USER/NAME repo id")
+    local = checkpoint and not is_hub_spec(checkpoint)
+    if local and not Path(checkpoint).exists():
+        raise HubError(f"`checkpoint` {checkpoint}: neither a local checkpoint directory nor a USER/NAME repo id")
     api = api or HfApi(token=token, library_name="scratchgpt", library_version=__version__)
     with tempfile.TemporaryDirectory(prefix="scratchgpt-space-") as tmp:
         folder = stage_space(tmp, root, checkpoint)
-        target = SPACE_CHECKPOINT_DIR if checkpoint and Path(checkpoint).exists() else checkpoint
+        target = SPACE_CHECKPOINT_DIR if local else checkpoint
         with _hub_errors(f"could not deploy the Space {space_id}"):
             api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
             # delete_patterns: app files removed from the repository since the last deploy go from the Space too
@@ -350,15 +330,10 @@ def deploy_space(space_id: str, root: str | os.PathLike = ".", checkpoint: str |
 # -----------------------------------------------------------------------------
 # command line
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not usage + error
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m llm.hub", description="Publish scratchgpt checkpoints and Spaces on the "
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m llm.hub", description="Publish scratchgpt checkpoints and Spaces on the "
                                                         "Hugging Face Hub.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     s = sub.add_parser("push", help="upload a checkpoint with its model card")
     s.add_argument("dir", help="checkpoint directory: OUT (= OUT/best), OUT/best or OUT/last")
     s.add_argument("repo_id", metavar="USER/NAME")
@@ -406,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                                hardware=args.hardware)
             print(f"deployed to {url}")
     except (ValueError, OSError) as e:  # HubError and CheckpointError are ValueErrors
-        print(f"llm.hub: error: {e}", file=sys.stderr)
+        print(f"llm.hub: error: {as_flags(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("llm.hub: interrupted", file=sys.stderr)

@@ -1,35 +1,23 @@
-"""A decoder-only GPT: pure computation, no I/O.
+"""A decoder-only GPT: pure computation, no I/O, no sampler types.
 
-Variants are config fields: positions (rope | learned | sinusoidal), norm (rmsnorm | layernorm), MLP
-(swiglu | gelu), tied input/output embeddings. Attention goes through F.scaled_dot_product_attention; the
-explicit softmax(QK^T)V path runs only when the caller asks for the attention weights (the app's view).
+Variants are config fields: positions (rope | learned | sinusoidal: one class each in POSITIONS), norm
+(rmsnorm | layernorm), MLP (swiglu | gelu), tied input/output embeddings. Attention goes through
+F.scaled_dot_product_attention; the explicit softmax(QK^T)V path runs only for attention_maps (the app's view).
 
-The model never owns cache state. `forward(idx, kv_cache=cache)` takes a KVCache from llm/sample.py, which
-implements this protocol (documented there too):
-    cache.pos                    int, tokens already cached (the same for every batch row)
-    cache.update(layer, k, v)    k, v (B, H, T, hd) for positions [pos, pos + T); returns the keys and values
-                                 for [0, pos + T), each (B, H, pos + T, hd)
-    cache.advance(T)             called once per forward, after the last layer
-`model.decoder()` gives the sampler a leaner one-token step with the same arithmetic (see GPT.decoder); it
-also writes the cache directly, through `cache.layers`: per layer, keys and values as one (B, 2, H, max_len, hd).
+The model never owns cache state: `forward(idx, kv_cache=cache)` takes any object with the KVCacheProtocol
+below (llm/decode.py's KVCache is the one; its one-token decode step lives there too, beside the cache it writes).
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:
-    from llm.sample import KVCache
-
-POS_CHOICES = ("rope", "learned", "sinusoidal")
 NORM_CHOICES = ("rmsnorm", "layernorm")
 MLP_CHOICES = ("swiglu", "gelu")
 
@@ -45,7 +33,7 @@ class ModelConfig:
     n_embd: int = 96
     dropout: float = 0.0
     bias: bool = False
-    pos: str = "rope"  # rope | learned | sinusoidal
+    pos: str = "rope"  # a key of POSITIONS: rope | learned | sinusoidal
     norm: str = "rmsnorm"  # rmsnorm | layernorm
     mlp: str = "swiglu"  # swiglu | gelu
     tie_embeddings: bool = True
@@ -56,17 +44,34 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name, choices in (("pos", POS_CHOICES), ("norm", NORM_CHOICES), ("mlp", MLP_CHOICES)):
+        for name, choices in (("pos", tuple(POSITIONS)), ("norm", NORM_CHOICES), ("mlp", MLP_CHOICES)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.pos == "rope" and (self.n_embd // self.n_head) % 2 != 0:
-            raise ValueError(f"rope needs an even head size, got n_embd / n_head = {self.n_embd // self.n_head}")
+        POSITIONS[self.pos].check(self)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if not self.rope_theta > 0:
             raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
+
+
+class KVCacheProtocol(Protocol):
+    """What forward needs from a KV cache (llm/decode.py's KVCache implements it):
+        pos                    tokens already cached (the same for every batch row)
+        update(layer, k, v)    k, v (B, H, T, hd) for positions [pos, pos + T) -> the keys and values for
+                               [0, pos + T), each (B, H, pos + T, hd)
+        advance(T)             called once per forward, after the last layer"""
+
+    pos: int
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def advance(self, T: int) -> None: ...
+
+
+# -----------------------------------------------------------------------------
+# positions: one class per encoding, registered in POSITIONS by its config name
 
 
 def rope_frequencies(block_size: int, head_dim: int, theta: float) -> torch.Tensor:
@@ -92,6 +97,68 @@ def sinusoidal_table(block_size: int, n_embd: int) -> torch.Tensor:
     table[:, 0::2] = torch.sin(pos * inv_freq)
     table[:, 1::2] = torch.cos(pos * inv_freq)[:, : n_embd // 2]
     return table.float()
+
+
+class Positions(nn.Module):
+    """How the model knows where a token is: a table added to the token embeddings, rotations of the queries
+    and keys, or both. A subclass overrides what it uses; fixed tables are buffers derived from the config,
+    kept out of the state dict (persistent=False)."""
+
+    @staticmethod
+    def check(config: ModelConfig) -> None:
+        """Raise ValueError if the rest of the config does not suit this encoding."""
+
+    def table(self, start: int, T: int) -> torch.Tensor | None:
+        """(T, C) added to the embeddings of positions [start, start + T), or None."""
+        return None
+
+    def rotations(self, start: int, T: int) -> torch.Tensor | None:
+        """complex64 (T, hd/2) rotating the queries and keys of positions [start, start + T), or None."""
+        return None
+
+
+class RotaryPositions(Positions):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        # Stored as real (T, hd/2, 2) pairs: Module.to(torch.bfloat16) would drop a complex buffer's imaginary
+        # part (there is no complex bf16); a real one is only rounded, and rotations() rebuilds complex fp32.
+        freqs = rope_frequencies(config.block_size, config.n_embd // config.n_head, config.rope_theta)
+        self.register_buffer("freqs", torch.view_as_real(freqs), persistent=False)
+
+    @staticmethod
+    def check(config: ModelConfig) -> None:
+        if (config.n_embd // config.n_head) % 2 != 0:
+            raise ValueError(f"rope needs an even head size, got n_embd / n_head = {config.n_embd // config.n_head}")
+
+    def rotations(self, start: int, T: int) -> torch.Tensor:
+        return torch.view_as_complex(self.freqs[start : start + T].float())
+
+
+class LearnedPositions(Positions, nn.Embedding):
+    """A trained (block_size, C) table, as GPT-2's; an nn.Embedding, so it is initialised as one."""
+
+    def __init__(self, config: ModelConfig):
+        nn.Embedding.__init__(self, config.block_size, config.n_embd)
+
+    def table(self, start: int, T: int) -> torch.Tensor:
+        return self.weight[start : start + T]
+
+
+class SinusoidalPositions(Positions):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.register_buffer("pos_table", sinusoidal_table(config.block_size, config.n_embd), persistent=False)
+
+    def table(self, start: int, T: int) -> torch.Tensor:
+        return self.pos_table[start : start + T]
+
+
+POSITIONS: dict[str, type[Positions]] = {"rope": RotaryPositions, "learned": LearnedPositions,
+                                         "sinusoidal": SinusoidalPositions}
+
+
+# -----------------------------------------------------------------------------
+# the blocks
 
 
 def unit_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -137,17 +204,10 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        B: int,
-        T: int,
-        freqs: torch.Tensor | None,
-        mask: torch.Tensor | None,
-        kv_cache: KVCache | None,
-        return_attn: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # x is (B * T, C): 2-D activations spare every Linear a reshape
+    def forward(self, x: torch.Tensor, B: int, T: int, freqs: torch.Tensor | None, mask: torch.Tensor | None,
+                kv_cache: KVCacheProtocol | None, attns: list[torch.Tensor] | None) -> torch.Tensor:
+        """x (B * T, C) -> (B * T, C): 2-D activations spare every Linear a reshape. With a list in `attns`,
+        the explicit softmax(QK^T)V path runs and appends this layer's weights (B, H, T, Tk) to it."""
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim)  # (B, T, 3, H, hd)
         qk, v = qkv.narrow(2, 0, 2), qkv.select(2, 2)  # (B, T, 2, H, hd), (B, T, H, hd)
         if freqs is not None:
@@ -158,22 +218,21 @@ class CausalSelfAttention(nn.Module):
             k, v = kv_cache.update(self.layer, k, v)  # (B, H, Tk, hd), Tk = cached + T
         # mask is None when plain causal (Tq == Tk) or when a single query may see every key.
         causal = mask is None and T > 1
-        attn = None
-        if return_attn:
+        if attns is not None:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # (B, H, T, Tk)
             if causal:
                 mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             if mask is not None:
                 att = att.masked_fill(~mask, float("-inf"))
-            attn = att.softmax(dim=-1)
-            y = F.dropout(attn, self.dropout, self.training) @ v
+            attns.append(att.softmax(dim=-1))
+            y = F.dropout(attns[-1], self.dropout, self.training) @ v
         else:
             dropout_p = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
         y = self.c_proj(y.transpose(1, 2).reshape(B * T, -1))  # (B * T, C)
         if self.training and self.dropout:
             y = F.dropout(y, self.dropout)
-        return y, attn
+        return y
 
 
 def mlp_activation(h: torch.Tensor, swiglu: bool) -> torch.Tensor:
@@ -213,20 +272,11 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        B: int,
-        T: int,
-        freqs: torch.Tensor | None,
-        mask: torch.Tensor | None,
-        kv_cache: KVCache | None,
-        return_attn: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        y, attn = self.attn(self.ln_1(x), B, T, freqs, mask, kv_cache, return_attn)
-        x = x + y
+    def forward(self, x: torch.Tensor, B: int, T: int, freqs: torch.Tensor | None, mask: torch.Tensor | None,
+                kv_cache: KVCacheProtocol | None, attns: list[torch.Tensor] | None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), B, T, freqs, mask, kv_cache, attns)
         x = x + self.mlp(self.ln_2(x))
-        return x, attn
+        return x
 
 
 class GPT(nn.Module):
@@ -234,21 +284,12 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos == "learned" else None
+        self.wpe = POSITIONS[config.pos](config)  # nanoGPT's name: a learned table stays wpe.weight
         self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
-        # Fixed tables are derived from the config, so they stay out of the state dict (persistent=False).
-        head_dim = config.n_embd // config.n_head
-        if config.pos == "rope":
-            # Stored as real (T, hd/2, 2) pairs: Module.to(torch.bfloat16) would drop a complex buffer's imaginary
-            # part (there is no complex bf16); a real one is only rounded, and rope() rebuilds complex fp32 from it.
-            freqs = rope_frequencies(config.block_size, head_dim, config.rope_theta)
-            self.register_buffer("rope_freqs", torch.view_as_real(freqs), persistent=False)
-        if config.pos == "sinusoidal":
-            self.register_buffer("pos_table", sinusoidal_table(config.block_size, config.n_embd), persistent=False)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -265,18 +306,30 @@ class GPT(nn.Module):
             elif isinstance(module, (nn.LayerNorm, RMSNorm)):
                 module.reset_parameters()
 
-    def forward(
-        self,
-        idx: torch.Tensor,
-        targets: torch.Tensor | None = None,
-        kv_cache: KVCache | None = None,
-        return_attn: bool = False,
-    ):
-        """idx (B, T) token ids -> (logits (B, T, V), loss or None), plus attn when return_attn.
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                kv_cache: KVCacheProtocol | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> (logits (B, T, V), loss or None).
 
-        With kv_cache, idx holds the positions after the cached ones; the cache is extended by T.
-        attn is a list (one per layer) of (B, H, T, Tk) attention weights; computing them takes the slow path.
-        """
+        With kv_cache, idx holds the positions after the cached ones; the cache is extended by T."""
+        B, T = idx.shape
+        x = self._trunk(idx, kv_cache, None)
+        logits = self.lm_head(self.ln_f(x))  # (B * T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float(), targets.flatten(), ignore_index=-1)
+        return logits.view(B, T, -1), loss
+
+    def attention_maps(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """idx (B, T) -> (logits (B, T, V), attention weights per layer (B, H, T, T)), by the explicit
+        softmax(QK^T)V path: slower than forward, whose logits these equal up to float rounding."""
+        B, T = idx.shape
+        attns: list[torch.Tensor] = []
+        x = self._trunk(idx, None, attns)
+        return self.lm_head(self.ln_f(x)).view(B, T, -1), attns
+
+    def _trunk(self, idx: torch.Tensor, kv_cache: KVCacheProtocol | None,
+               attns: list[torch.Tensor] | None) -> torch.Tensor:
+        """Embeddings and blocks: idx (B, T) -> the last block's output (B * T, C)."""
         B, T = idx.shape
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.config.block_size:
@@ -284,13 +337,11 @@ class GPT(nn.Module):
                 f"sequence of {start + T} tokens ({start} cached + {T} new) exceeds block_size {self.config.block_size}"
             )
         x = self.wte(idx)  # (B, T, C)
-        freqs = None
-        if self.wpe is not None:
-            x = x + self.wpe.weight[start : start + T]
-        elif self.config.pos == "sinusoidal":
-            x = x + self.pos_table[start : start + T]
-        else:
-            freqs = self.rope(start, T)[:, None, None]  # (T, 1, 1, hd/2): broadcasts over (2, H)
+        table, freqs = self.wpe.table(start, T), self.wpe.rotations(start, T)
+        if table is not None:
+            x = x + table
+        if freqs is not None:
+            freqs = freqs[:, None, None]  # (T, 1, 1, hd/2): broadcasts over (2, H)
         if self.training and self.config.dropout:
             x = F.dropout(x, self.config.dropout)
         x = x.view(B * T, -1)  # (B * T, C) from here on
@@ -300,107 +351,18 @@ class GPT(nn.Module):
         mask = None
         if start > 0 and T > 1:
             mask = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start)
-
-        attns = []
         for block in self.h:
-            x, attn = block(x, B, T, freqs, mask, kv_cache, return_attn)
-            attns.append(attn)
+            x = block(x, B, T, freqs, mask, kv_cache, attns)
         if kv_cache is not None:
             kv_cache.advance(T)
-        logits = self.lm_head(self.ln_f(x))  # (B * T, V)
-
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float(), targets.flatten(), ignore_index=-1)
-        logits = logits.view(B, T, -1)
-        if return_attn:
-            return logits, loss, attns
-        return logits, loss
-
-    def rope(self, start: int, T: int) -> torch.Tensor:
-        """RoPE's rotations for positions [start, start + T), complex64 (T, hd/2)."""
-        return torch.view_as_complex(self.rope_freqs[start : start + T].float())
-
-    def decoder(self) -> Callable[[torch.Tensor, KVCache], torch.Tensor]:
-        """A sampler's one-token step over a copy of the weights as they are now: step(idx, kv_cache) takes idx
-        (B, 1) after kv_cache.pos cached positions, extends the cache by one and returns logits (B, V), equal to
-        forward(idx, kv_cache=kv_cache)[0][:, -1] up to float rounding (tested for every variant). Make a new
-        one after the weights change.
-
-        Inference only (no dropout, no attention weights). It is forward's arithmetic rearranged for a single
-        position, where a CPU pays per op and per Python call more than per FLOP (bench/README.md):
-        - every weight matrix is copied once, here, as a contiguous (in, out) matrix, which a batch-1 matmul
-          reads faster than nn.Linear's (out, in) (`python bench/generate_bench.py --floor`), with each RMSNorm's
-          gain folded into the matrix that follows it (norm(x) * g @ W.T = norm(x) @ (W * g).T): one op less;
-        - no module calls or attribute lookups, (B, H, 1, hd) heads with no transposes, no mask, in-place ops on
-          the tensors the step itself created;
-        - RoPE rotates q, k and v in one complex multiply (v by 1 + 0i, which leaves it as it is), so the new
-          key and value go into the cache with one copy.
-        The copies cost the weights' size in memory while a generation runs, and one pass over the weights to
-        make, once per generation."""
-        c = self.config
-        H, hd = c.n_head, c.n_embd // c.n_head
-
-        def norm(m: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor | None]:
-            """-> (the norm without an RMSNorm's gain, that gain for the next matrix to absorb)."""
-            if isinstance(m, RMSNorm):
-                return functools.partial(unit_norm, eps=m.eps), m.weight * m.scale
-            return lambda x: F.layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps), None
-
-        def linear(m: nn.Linear, gain: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-            w = m.weight if gain is None else m.weight * gain
-            w_t, b = w.detach().t().contiguous(), m.bias  # (in, out)
-            if b is None:
-                return lambda x: torch.mm(x, w_t)
-            b = b.detach()
-            return lambda x: torch.addmm(b, x, w_t)
-
-        layers = []
-        for block in self.h:
-            (ln_1, g_1), (ln_2, g_2) = norm(block.ln_1), norm(block.ln_2)
-            layers.append((ln_1, linear(block.attn.c_attn, g_1), linear(block.attn.c_proj),
-                           ln_2, linear(block.mlp.c_fc, g_2), linear(block.mlp.c_proj), block.mlp.swiglu))
-        (ln_f, g_f), wte = norm(self.ln_f), self.wte.weight.detach()
-        head = linear(self.lm_head, g_f)
-        wpe = self.wpe.weight if self.wpe is not None else self.pos_table if c.pos == "sinusoidal" else None
-        rope = None
-        if c.pos == "rope":  # (T, 3, 1, 1, hd/2): q and k rotate, v is multiplied by 1
-            f = self.rope(0, c.block_size)
-            rope = torch.stack([f, f, torch.ones_like(f)], dim=1)[:, :, None, None]
-
-        def step(idx: torch.Tensor, kv_cache: KVCache) -> torch.Tensor:
-            B, pos = idx.size(0), kv_cache.pos
-            if pos >= c.block_size:
-                raise ValueError(f"sequence of {pos + 1} tokens ({pos} cached + 1 new) exceeds block_size {c.block_size}")
-            x = torch.embedding(wte, idx.view(B))  # (B, C)
-            if wpe is not None:
-                x = x + wpe.select(0, pos)
-            freqs = rope.select(0, pos) if rope is not None else None  # (3, 1, 1, hd/2)
-            # In-place ops (add_, mul_) only ever write tensors this step created
-            for (ln_1, attn_in, attn_out, ln_2, fc, proj, swiglu), kv in zip(layers, kv_cache.layers):
-                qkv = attn_in(ln_1(x))  # (B, 3C)
-                if freqs is not None and qkv.dtype == torch.float32:
-                    torch.view_as_complex(qkv.view(B, 3, H, 1, hd // 2, 2)).mul_(freqs)
-                elif freqs is not None:  # a half-precision model or autocast: complex math in fp32
-                    qkv = apply_rope(qkv.view(B, 3, H, 1, hd), freqs)
-                qkv = qkv.view(B, 3, H, 1, hd)
-                kv.narrow(-2, pos, 1).copy_(qkv.narrow(1, 1, 2))  # kv (B, 2, H, max_len, hd)
-                k, v = kv.narrow(-2, 0, pos + 1).unbind(1)  # (B, H, pos + 1, hd) each
-                y = F.scaled_dot_product_attention(qkv.select(1, 0), k, v)  # one query sees every key: no mask
-                x.add_(attn_out(y.view(B, -1)))
-                x.add_(proj(mlp_activation(fc(ln_2(x)), swiglu)))
-            kv_cache.advance(1)
-            return head(ln_f(x))
-
-        return step
+        return x
 
     def num_params(self, non_embedding: bool = False) -> int:
-        """Parameter count (shared tensors once). non_embedding leaves out the lookup-only tables: the learned
-        position table and, when untied, the token table (a tied table is also the output matmul, so it stays)."""
+        """Parameter count (shared tensors once). non_embedding leaves out the lookup-only tables: the position
+        encoding's (a learned table) and, when untied, the token table (a tied one is also the output matmul)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            if self.wpe is not None:
-                n -= self.wpe.weight.numel()
+            n -= sum(p.numel() for p in self.wpe.parameters())
             if not self.config.tie_embeddings:
                 n -= self.wte.weight.numel()
         return n

@@ -1,23 +1,20 @@
-"""Sampling from a GPT: the KV cache, token selection, and streamed text.
+"""Sampling from a GPT: the settings, token selection, the generation loop and streamed text.
 
-Three layers, each usable on its own:
+    KNOBS, SampleConfig                        each sampling setting declared once (range, what turns it off);
+                                               a SampleConfig is checked when it is made, and only then
     generate_ids(model, prompt_ids, config)   -> (tokens (B,), logits (B, V)) per step; no text (tests, benchmarks)
     TextStream(tokenizer, stop)               token ids -> text deltas (incremental UTF-8, stop strings held back)
     generate(model, tokenizer, prompt, config) -> TokenEvent per sample per step (what the app and CLI consume)
+    next_token_stats(logits, tokens, k)       the probability, top alternatives and entropy of each row: the
+                                               events' figures and the app's scoring of a prompt
+    prepare_prompt, parse_stop, sample_text   the one prompt preparation, stop-string parser and logged sample
 
-The sampler owns the cache. KVCache implements the protocol GPT.forward relies on (see llm/model.py):
-    cache.pos                    int, tokens already cached (the same for every batch row)
-    cache.update(layer, k, v)    k, v (B, H, T, hd) for positions [pos, pos + T); returns the keys and values
-                                 for [0, pos + T). B may be 1 for a cache of batch_size rows: a prefill written
-                                 once lands in every row, so num_samples > 1 costs a single prefill.
-    cache.advance(T)             called by the model once per forward, after the last layer
-    cache.layers                 per layer, keys and values as one (B, 2, H, max_len, hd): GPT.decoder's steps
-                                 write a position's key and value there with one copy
-
-Context window: a prompt longer than block_size is cropped to its last block_size tokens (TokenEvent says how
-many were dropped). When the window is full, the context drops to its last `block_size - block_size // 4` tokens
-and the cache is refilled from them in one forward; the no-cache path uses the same windows, so both produce the
-same tokens for every positional variant (positions restart at 0 in each window, as during training).
+The sampler owns the cache (llm/decode.py): one prefill through forward, then one token per step through
+decode.make_step. Context window: a prompt longer than block_size is cropped to its last block_size tokens
+(TokenEvent says how many were dropped). When the window is full, the context drops to its last
+`block_size - block_size // 4` tokens and the cache is refilled from them in one forward; the no-cache path uses
+the same windows, so both produce the same tokens for every positional variant (positions restart at 0 in each
+window, as during training).
 """
 
 from __future__ import annotations
@@ -28,97 +25,136 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
-from llm.model import GPT
+from llm.config import SettingError
+from llm.decode import KVCache, make_step
 
 
-@dataclass
+# --- settings ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One numeric sampling setting, declared once: the CLI flags (llm/generate.py), the app's sliders and every
+    range check are made from it. `low`..`high` is the valid range (`low` itself excluded when low_open); `note`
+    says what a special value means; `step` and `slider` are how a slider shows it (slider: its ends, where
+    the valid range is open or too wide to drag)."""
+
+    name: str  # the SampleConfig field
+    label: str  # the same for people
+    low: float
+    high: float = math.inf
+    integer: bool = False
+    low_open: bool = False
+    note: str = ""
+    help: str = ""
+    step: float = 1
+    slider: tuple[float, float] | None = None
+
+    def check(self, value: object, low: float | None = None, high: float | None = None,
+              for_people: bool = False) -> int | float:
+        """value (an int for an integer knob) if it lies in the range, narrowed by `low` / `high` (both
+        inclusive) when given; else a SettingError saying the range, in the library's words (the field name)
+        or for people (the label)."""
+        low_open = self.low_open and low is None
+        low, high = self.low if low is None else low, self.high if high is None else high
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+        if ok and self.integer:
+            ok = math.isfinite(value) and float(value).is_integer() and (for_people or isinstance(value, int))
+        if ok and not (low < value if low_open else low <= value) or ok and not value <= high:
+            ok = False
+        if not ok:
+            raise SettingError(self._people_words(value, low, high, low_open) if for_people
+                               else self._words(value, low, high, low_open))
+        return int(value) if self.integer else value
+
+    def _words(self, value: object, low: float, high: float, low_open: bool) -> str:
+        if high == math.inf:
+            kind = "an integer" if self.integer else "a number"
+            what = f"{kind} {'>' if low_open else '>='} {low:g}"
+        else:
+            what = f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+        return f"`{self.name}` must be {what}{f' ({self.note})' if self.note else ''}, got {value!r}"
+
+    def _people_words(self, value: object, low: float, high: float, low_open: bool) -> str:
+        kind = "a whole number" if self.integer else "a number"
+        lo, hi = (int(low), int(high)) if self.integer else (f"{low:g}", f"{high:g}")
+        span = f"above {lo} and at most {hi}" if low_open else f"from {lo} to {hi}"
+        return f"{self.label} must be {kind} {span}{f' ({self.note})' if self.note else ''}; got {value!r}"
+
+
+# in the order the app's controls and its API take them
+KNOBS = (
+    Knob("max_new_tokens", "max new tokens", 1, integer=True, help="tokens to generate at most"),
+    Knob("temperature", "temperature", 0, note="0 = greedy", step=0.05,
+         help="below 1 sharpens the distribution, above 1 flattens it"),
+    Knob("top_k", "top-k", 0, integer=True, note="0 = off", slider=(0, 200),
+         help="sample among the k most likely tokens only; above the vocabulary it is clamped"),
+    Knob("top_p", "top-p", 0, 1, low_open=True, note="1 = off", step=0.05, slider=(0.05, 1),
+         help="sample among the fewest tokens whose probabilities add up to p"),
+    Knob("min_p", "min-p", 0, 1, note="0 = off", step=0.01, slider=(0, 0.5),
+         help="drop tokens less likely than min_p times the most likely one"),
+    Knob("repetition_penalty", "repetition penalty", 0, low_open=True, note="1 = off", step=0.05,
+         help="above 1 discourages tokens already in the context (CTRL)"),
+)
+KNOB = {k.name: k for k in KNOBS}
+
+
+@dataclass(frozen=True)
 class SampleConfig:
+    """How to sample. Checked when made (SettingError naming the field and its range), so the functions that
+    take one never check it again; frozen, so it stays as checked."""
+
     max_new_tokens: int = 256
-    temperature: float = 0.8  # 0 = greedy
-    top_k: int = 0  # 0 = off; above the vocabulary it is clamped
-    top_p: float = 1.0  # 1 = off
-    min_p: float = 0.0  # 0 = off; keep tokens with prob >= min_p * (top prob)
-    repetition_penalty: float = 1.0  # 1 = off; > 1 discourages tokens already in the context (CTRL)
+    temperature: float = 0.8
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
     num_samples: int = 1
     num_alternatives: int = 5
     use_kv_cache: bool = True
 
-    def validate(self) -> None:
-        """Raise ValueError naming the field and its valid range."""
-        _check_int("max_new_tokens", self.max_new_tokens, 1)
-        _check_int("top_k", self.top_k, 0, "(0 = off)")
-        _check_int("num_samples", self.num_samples, 1)
-        _check_int("num_alternatives", self.num_alternatives, 0)
-        if not _is_number(self.temperature) or not (0.0 <= self.temperature < math.inf):
-            raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {self.temperature!r}")
-        if not _is_number(self.top_p) or not (0.0 < self.top_p <= 1.0):
-            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p!r}")
-        if not _is_number(self.min_p) or not (0.0 <= self.min_p <= 1.0):
-            raise ValueError(f"min_p must be in [0, 1] (0 = off), got {self.min_p!r}")
-        if not _is_number(self.repetition_penalty) or not (0.0 < self.repetition_penalty < math.inf):
-            raise ValueError(f"repetition_penalty must be a number > 0 (1 = off), got {self.repetition_penalty!r}")
+    def __post_init__(self) -> None:
+        for knob in KNOBS:
+            knob.check(getattr(self, knob.name))
+        _COUNTS[0].check(self.num_samples)
+        _COUNTS[1].check(self.num_alternatives)
         if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
-            raise ValueError(f"stop must be a sequence of non-empty strings, got {self.stop!r}")
+            raise SettingError(f"`stop` must be a sequence of non-empty strings, got {self.stop!r}")
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
-            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
+            raise SettingError(f"`seed` must be an integer or None, got {self.seed!r}")
 
 
-def _is_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and not math.isnan(x)
+# how many: not sampling rules, but checked the same way
+_COUNTS = (Knob("num_samples", "samples", 1, integer=True), Knob("num_alternatives", "alternatives", 0, integer=True))
 
 
-def _check_int(name: str, value: object, low: int, note: str = "") -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}{' ' + note if note else ''}, got {value!r}")
-
-
-class KVCache:
-    """Pre-allocated keys and values: kv (n_layer, B, 2, H, max_len, hd), keys at [:, :, 0] and values at
-    [:, :, 1] (views k and v). One tensor, so a decode step stores a position's key and value with one copy
-    (GPT.decoder). See the module docstring for the protocol."""
-
-    def __init__(
-        self,
-        n_layer: int,
-        batch_size: int,
-        n_head: int,
-        max_len: int,
-        head_dim: int,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ):
-        self.kv = torch.zeros(n_layer, batch_size, 2, n_head, max_len, head_dim, device=device, dtype=dtype)
-        self.k, self.v = self.kv.select(2, 0), self.kv.select(2, 1)  # (n_layer, B, H, max_len, hd) each
-        self.max_len = max_len
-        self.pos = 0
-        self.layers = list(self.kv)  # per-layer views (B, 2, H, max_len, hd): fewer ops per step
-
-    @classmethod
-    def for_model(cls, model: GPT, batch_size: int) -> KVCache:
-        c = model.config
-        w = model.lm_head.weight
-        return cls(c.n_layer, batch_size, c.n_head, c.block_size, c.n_embd // c.n_head, w.device, w.dtype)
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        B, _, T, _ = k.shape
-        end = self.pos + T
-        if end > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions; {self.pos} used, {T} more asked for")
-        k_all, v_all = self.k[layer], self.v[layer]
-        k_all.narrow(2, self.pos, T).copy_(k)  # a batch-1 prefill broadcasts over every row
-        v_all.narrow(2, self.pos, T).copy_(v)
-        if B < k_all.size(0):
-            k_all, v_all = k_all[:B], v_all[:B]
-        return k_all.narrow(2, 0, end), v_all.narrow(2, 0, end)
-
-    def advance(self, T: int) -> None:
-        self.pos += T
-
-    def reset(self) -> None:
-        self.pos = 0
+def parse_stop(text: str, separator: str | None = ",") -> tuple[str, ...]:
+    r"""Stop strings as typed: '\n', '\t' and '\\' are the characters, and with a separator, '\' before it keeps
+    it as text. '\n\n, END' -> ('\n\n', 'END') (parts stripped of spaces, empty and repeated ones dropped);
+    with separator None the whole text is one stop string (a command-line flag)."""
+    escapes = {"n": "\n", "t": "\t", "\\": "\\", **({separator: separator} if separator else {})}
+    parts, current, i = [], [], 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and text[i + 1 : i + 2] in escapes:
+            current.append(escapes[text[i + 1]])
+            i += 2
+            continue
+        if ch == separator:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+        i += 1
+    parts.append("".join(current))
+    if separator is None:
+        return tuple(parts)
+    return tuple(dict.fromkeys(p for p in (part.strip(" ") for part in parts) if p))
 
 
 # --- token selection -------------------------------------------------------------------------------------
@@ -135,18 +171,6 @@ def keep_sorted(probs: torch.Tensor, top_p: float = 1.0, min_p: float = 0.0) -> 
     if min_p > 0.0:
         keep &= probs >= min_p * probs[:, :1]
     return keep
-
-
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> torch.Tensor:
-    """logits (B, V) -> logits with every token outside the top-k, top-p and min-p sets at -inf.
-
-    Applied in that order, each on the distribution the previous one left (renormalized). Sampling uses the
-    same masks on sorted values (sample_next); this form is for showing which tokens were eligible."""
-    V = logits.size(-1)
-    vals, idx = logits.topk(min(top_k, V) if top_k else V, dim=-1)  # (B, K) sorted descending
-    keep = keep_sorted(vals.softmax(-1), top_p, min_p)
-    out = torch.full_like(logits, float("-inf"))
-    return out.scatter(-1, idx, vals.masked_fill(~keep, float("-inf")))
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -193,14 +217,13 @@ def sample_next(
 
 @torch.inference_mode()
 def generate_ids(
-    model: GPT, prompt_ids: Sequence[int], config: SampleConfig, vocab_size: int | None = None
+    model: nn.Module, prompt_ids: Sequence[int], config: SampleConfig, vocab_size: int | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (tokens (B,), logits (B, V)) for each of config.max_new_tokens steps, B = config.num_samples.
 
     logits are the model's raw scores the tokens were drawn from. vocab_size limits sampling to ids below it
     (a tokenizer smaller than the model's vocabulary). There is no EOS or stop handling here: the caller
     closes the iterator when it has what it needs. The model is used as it is: call model.eval() first."""
-    config.validate()
     c = model.config
     ids = list(prompt_ids)[-c.block_size :]  # crop: the caller reports len(prompt_ids) - block_size
     if not ids:
@@ -224,10 +247,7 @@ def generate_ids(
         seen = torch.zeros(B, V, dtype=torch.bool, device=device)
         seen[:, [i for i in prompt_ids if 0 <= i < V]] = True
     cache = KVCache.for_model(model, B) if config.use_kv_cache else None
-    # One token per step through the model's lean decode step (forward's arithmetic, fewer ops), unless forward
-    # hooks are registered anywhere in it: the decoder makes no module calls, so it would skip them.
-    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
-    step_one = model.decoder() if cache is not None and isinstance(model, GPT) and not hooked else None
+    step_one = make_step(model) if cache is not None else None
 
     # One prefill for every sample: all rows share the prompt, the cache broadcasts it.
     logits = model(buf[:1, :n], kv_cache=cache)[0][:, -1, :V].expand(B, V)  # (B, V)
@@ -245,12 +265,38 @@ def generate_ids(
             if cache is not None:
                 cache.reset()
         if cache is not None and cache.pos > 0:
-            x = tokens.view(B, 1)  # one token per step
-            logits = step_one(x, cache) if step_one else model(x, kv_cache=cache)[0][:, -1]
+            logits = step_one(tokens.view(B, 1), cache)  # one token per step
         else:
             logits = model(buf[:, start:n], kv_cache=cache)[0][:, -1]  # (B, T): no cache, or a (re)fill
         if logits.size(-1) != V:
             logits = logits[:, :V]
+
+
+# --- what the model thought ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    """The model's own next-token distribution at one position (softmax of its logits, before repetition
+    penalty, temperature and truncation), so it reads the same whatever the sampling settings: the probability
+    of the token that came, the top alternatives (id, prob) most likely first, and the entropy in nats."""
+
+    prob: float
+    alternatives: list[tuple[int, float]]
+    entropy: float
+
+
+@torch.inference_mode()
+def next_token_stats(logits: torch.Tensor, tokens: torch.Tensor,
+                     num_alternatives: int) -> tuple[list[float], list[list[int]], list[list[float]], list[float]]:
+    """logits (N, V) and the tokens that came (N,) -> per row as Python lists: the token's probability, the
+    ids and probabilities of the num_alternatives most likely tokens, and the entropy (nats). One conversion
+    per tensor: the Python side of a decode step is most of its cost on a CPU."""
+    probs = logits.softmax(-1, dtype=torch.float32)  # (N, V)
+    entropy = torch.special.entr(probs).sum(-1)  # (N,) nats
+    alt_probs, alt_ids = probs.topk(min(num_alternatives, probs.size(-1)), dim=-1)  # (N, A)
+    token_probs = probs.gather(-1, tokens.unsqueeze(1)).squeeze(1)  # (N,)
+    return token_probs.tolist(), alt_ids.tolist(), alt_probs.tolist(), entropy.tolist()
 
 
 # --- text --------------------------------------------------------------------------------------------------
@@ -302,53 +348,46 @@ def _stop_prefix_len(text: str, stop: str) -> int:
 
 
 @dataclass
-class TokenEvent:
-    """One new token of one sample, as streamed to the app and the CLI.
-
-    prob, alternatives and entropy describe the model's own next-token distribution (softmax of its logits,
-    before repetition penalty, temperature and truncation), so they read the same whatever the sampling
-    settings; the sampled token need not be among the alternatives."""
+class TokenEvent(Step):
+    """One new token of one sample, as streamed to the app and the CLI: what the model thought (Step; the
+    sampled token need not be among the alternatives) and where the token goes."""
 
     sample: int  # which sample, 0 .. num_samples - 1
     index: int  # position of this token in the sample's output, from 0
     token_id: int
-    prob: float  # model probability of token_id
-    alternatives: list[tuple[int, float]]  # the num_alternatives most likely (id, prob), most likely first
-    entropy: float  # of the model's distribution, in nats
     text: str  # text this token releases: "" while a character or a possible stop string is pending
     finish_reason: str | None = None  # on a sample's last event: "eos", "stop" or "length"
     prompt_cropped: int = 0  # prompt tokens dropped from the front to fit block_size
 
 
-def generate(model: GPT, tokenizer, prompt: str | Sequence[int], config: SampleConfig | None = None) -> Iterator[TokenEvent]:
+def prepare_prompt(tokenizer, prompt: str | Sequence[int], block_size: int) -> tuple[list[int], int]:
+    """A prompt -> (its token ids, how many of them do not fit the context: ids[cropped:] is what the model
+    sees). An empty prompt starts where a document would, at <|endoftext|>."""
+    ids = tokenizer.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
+    if not ids:
+        if tokenizer.eot_id is None:
+            raise ValueError("prompt is empty and the tokenizer has no <|endoftext|> token to start from")
+        ids = [tokenizer.eot_id]
+    return ids, max(0, len(ids) - block_size)
+
+
+def generate(model: nn.Module, tokenizer, prompt: str | Sequence[int],
+             config: SampleConfig | None = None) -> Iterator[TokenEvent]:
     """Stream TokenEvents: per step, one for each sample still running. A sample ends on the tokenizer's
     eot_id (its event has no text), on a stop string, or after max_new_tokens; its last event says why.
     The streamed texts of a sample, joined, are its output: decode(ids) cut before any stop string."""
     config = config if config is not None else SampleConfig()
-    config.validate()
-    ids = tokenizer.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
+    ids, cropped = prepare_prompt(tokenizer, prompt, model.config.block_size)
     eot = tokenizer.eot_id
-    if not ids:
-        if eot is None:
-            raise ValueError("prompt is empty and the tokenizer has no <|endoftext|> token to start from")
-        ids = [eot]  # an empty prompt starts where a document would
-    cropped = max(0, len(ids) - model.config.block_size)
     V = min(tokenizer.vocab_size, model.config.vocab_size)
-    A = min(config.num_alternatives, V)
     streams = [TextStream(tokenizer, config.stop) for _ in range(config.num_samples)]
     live = list(range(config.num_samples))
 
     steps = generate_ids(model, ids, config, vocab_size=V)
     try:
         for index, (tokens, logits) in enumerate(steps):
-            with torch.inference_mode():
-                probs = logits.softmax(-1, dtype=torch.float32)  # (B, V)
-                entropy = torch.special.entr(probs).sum(-1)  # (B,) nats
-                alt_probs, alt_ids = probs.topk(A, dim=-1)  # (B, A)
-                token_probs = probs.gather(-1, tokens.unsqueeze(1))  # (B, 1)
-            # One conversion per tensor per step: the Python side of a step is most of its cost on a CPU.
-            tokens_l, token_probs_l, entropy_l = tokens.tolist(), token_probs.tolist(), entropy.tolist()
-            alt_ids_l, alt_probs_l = alt_ids.tolist(), alt_probs.tolist()
+            token_probs, alt_ids, alt_probs, entropy = next_token_stats(logits, tokens, config.num_alternatives)
+            tokens_l = tokens.tolist()
             last_step = index + 1 == config.max_new_tokens
             for b in list(live):
                 stream, token_id = streams[b], tokens_l[b]
@@ -362,18 +401,21 @@ def generate(model: GPT, tokenizer, prompt: str | Sequence[int], config: SampleC
                         reason = "stop" if stream.stopped else "length"
                 if reason is not None:
                     live.remove(b)
-                yield TokenEvent(
-                    sample=b,
-                    index=index,
-                    token_id=token_id,
-                    prob=token_probs_l[b][0],
-                    alternatives=list(zip(alt_ids_l[b], alt_probs_l[b])),
-                    entropy=entropy_l[b],
-                    text=text,
-                    finish_reason=reason,
-                    prompt_cropped=cropped,
-                )
+                yield TokenEvent(prob=token_probs[b], alternatives=list(zip(alt_ids[b], alt_probs[b])),
+                                 entropy=entropy[b], sample=b, index=index, token_id=token_id, text=text,
+                                 finish_reason=reason, prompt_cropped=cropped)
             if not live:
                 break
     finally:
         steps.close()
+
+
+def sample_text(model: nn.Module, tokenizer, max_new_tokens: int, seed: int, prompt: str = "") -> str:
+    """A short sample in eval mode (the model's mode is restored): what a training log and a model card show."""
+    was_training = model.training
+    model.eval()
+    try:
+        cfg = SampleConfig(max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, seed=seed)
+        return "".join(e.text for e in generate(model, tokenizer, prompt, cfg))
+    finally:
+        model.train(was_training)

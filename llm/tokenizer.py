@@ -1,7 +1,8 @@
 """Tokenizers: byte-level BPE (GPT-4 style pre-split) and a character-level tokenizer, same interface.
 
-minbpe's shape: small pure helpers (get_stats, merge, render_token, count_chunks), then the classes.
-BPE ids: 0..255 are the raw bytes, 256.. the merges in the order they were learned, then the special tokens.
+minbpe's shape: the pure helpers (get_stats, merge, render_token, count_chunks, learn_merges) live in
+llm/bpe.py, the classes here. BPE ids: 0..255 are the raw bytes, 256.. the merges in the order they were
+learned, then the special tokens.
 
 Text policy, for both tokenizers: lone surrogates (U+D800..U+DFFF, which UTF-8 cannot encode) are replaced
 with U+FFFD before encoding, so decode(encode(x)) == x for every string without lone surrogates.
@@ -16,28 +17,22 @@ import heapq
 import json
 import multiprocessing as mp
 import os
-import re
-import unicodedata
 import warnings
 from array import array
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from itertools import chain, repeat
-from operator import add
 from pathlib import Path
 from typing import Self
 
 import regex
-from tqdm import tqdm
 
-GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-GPT4_SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
-SPLIT_PATTERNS = {"gpt4": GPT4_SPLIT_PATTERN, "gpt2": GPT2_SPLIT_PATTERN}  # names accepted for `pattern`
+from llm.bpe import (GPT4_SPLIT_PATTERN, SPLIT_PATTERNS, SURROGATE, count_chunks, cut_text, learn_merges,
+                     render_token, to_utf8)
+
 EOT = "<|endoftext|>"
 VERSION = 1  # of the JSON file
-_SURROGATE = re.compile("[\ud800-\udfff]")
-_SAFE_CUT = regex.compile(r"(?<=\S)\n(?=\S)")  # see cut_text
 _INF = float("inf")  # rank of a pair that has no merge
 _CACHE_LIMIT = 1 << 18  # chunks kept by the encode cache before it is cleared (~50 MB)
 _PARALLEL_MIN_CHARS = 1 << 23  # below this, encode_batch(num_workers=None) stays in this process: forking,
@@ -45,157 +40,11 @@ _PARALLEL_MIN_CHARS = 1 << 23  # below this, encode_batch(num_workers=None) stay
 
 
 # ----------------------------------------------------------------------------------------------------------
-# pure helpers
-
-def get_stats(ids: Sequence[int], counts: dict | None = None, weight: int = 1) -> dict[tuple[int, int], int]:
-    """Count adjacent pairs of ids (each occurrence adds `weight`) into `counts` and return it."""
-    counts = {} if counts is None else counts
-    for pair in zip(ids, ids[1:]):
-        counts[pair] = counts.get(pair, 0) + weight
-    return counts
-
-
-def merge(ids: Sequence[int], pair: tuple[int, int], idx: int) -> list[int]:
-    """Replace every occurrence of `pair` in `ids` by `idx`, scanning left to right (so aaa -> [aa, a])."""
-    a, b = pair
-    out, i, n = [], 0, len(ids)
-    while i < n:
-        if ids[i] == a and i + 1 < n and ids[i + 1] == b:
-            out.append(idx)
-            i += 2
-        else:
-            out.append(ids[i])
-            i += 1
-    return out
-
-
-def render_token(b: bytes) -> str:
-    """Readable form of a token's bytes: valid UTF-8 as text, other bytes as \\xNN, control chars as \\uNNNN."""
-    s = b.decode("utf-8", errors="backslashreplace")
-    return "".join(f"\\u{ord(c):04x}" if unicodedata.category(c)[0] == "C" else c for c in s)
-
-
-def to_utf8(text: str) -> bytes:
-    """UTF-8 bytes of `text`, lone surrogates replaced by U+FFFD (the module's surrogate policy)."""
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        return _SURROGATE.sub("\ufffd", text).encode("utf-8")
-
-
-def count_chunks(pieces: str | Iterable[str], pattern: str = GPT4_SPLIT_PATTERN) -> Counter[str]:
-    """Count the pre-split chunks of a corpus given as one string or an iterator of pieces.
-
-    Each piece is split on its own, so pieces must be cut where the split cuts anyway: whole documents,
-    or the output of cut_text / read_pieces. Memory grows with the number of unique chunks, not the corpus.
-    """
-    compiled = regex.compile(SPLIT_PATTERNS.get(pattern, pattern))
-    counts: Counter[str] = Counter()
-    for piece in [pieces] if isinstance(pieces, str) else pieces:
-        counts.update(compiled.findall(piece))
-    return counts
-
-
-def cut_text(text: str, n_parts: int) -> list[str]:
-    """Cut text into about n_parts slices, each cut right after a newline between two non-space characters.
-
-    Neither built-in split pattern lets a chunk run across such a point or ends a chunk differently when the
-    text stops there, so split(a + b) == split(a) + split(b) for the slices. Text with no such newline (a
-    single line, or CRLF line ends) stays one slice.
-    """
-    cuts, step = [0], max(1, len(text) // max(1, n_parts))
-    while (m := _SAFE_CUT.search(text, cuts[-1] + step)) is not None:
-        cuts.append(m.end())
-    cuts.append(len(text))
-    return [text[i:j] for i, j in zip(cuts, cuts[1:]) if j > i]
-
-
-def read_pieces(path: str | os.PathLike, piece_chars: int = 1 << 22) -> Iterator[str]:
-    """Yield a UTF-8 text file in pieces of about `piece_chars`, cut as in cut_text (for files larger than
-    memory: Tokenizer.train(read_pieces(path), ...)). Line endings are kept as they are in the file."""
-    rest = ""
-    with open(path, encoding="utf-8", newline="") as f:
-        while block := f.read(piece_chars):
-            buf = rest + block  # the last safe cut is at or after the end of rest (rest had none)
-            cut = max((m.end() for m in _SAFE_CUT.finditer(buf, max(0, len(rest) - 1))), default=0)
-            if cut:
-                yield buf[:cut]
-            rest = buf[cut:]
-    if rest:
-        yield rest
-
-
-def learn_merges(chunk_counts: Mapping[str, int], n_merges: int, verbose: bool = False) -> dict[tuple[int, int], int]:
-    """Learn up to n_merges BPE merges from chunk -> count; returns {pair: new id} in merge order.
-
-    The corpus is never rescanned: pair counts and a pair -> chunks index are updated only for the chunks a
-    merge touches, and the best pair comes from a heap. Ties go to the smallest pair (a, b), so the result
-    does not depend on hash seeds or chunk order. Stops early when no pair is left.
-    """
-    # A chunk is kept as a str whose code points are its token ids, and a pair as a 2-character str: then
-    # str.find and str.replace (left to right, non-overlapping, exactly BPE's merge) run in C.
-    words: list[str] = []
-    freqs: list[int] = []
-    for chunk, count in chunk_counts.items():
-        if len(b := to_utf8(chunk)) > 1:  # a single byte has no pair
-            words.append(b.decode("latin-1"))  # code point k = byte k
-            freqs.append(count)
-    stats: dict[str, int] = defaultdict(int)  # pair -> occurrences weighted by chunk count
-    where: dict[str, list[int]] = defaultdict(list)  # pair -> chunks that had it (may be stale)
-    for i, (w, f) in enumerate(zip(words, freqs)):
-        for pair in map(add, w, w[1:]):
-            stats[pair] += f
-            where[pair].append(i)
-    # Lazy max-heap of (-count, pair), at most one entry per pair, so the pop order (and the result) does not
-    # depend on the order of pushes. A merge only ever lowers the count of an existing pair (every new pair
-    # contains the new id), so a popped entry whose count went stale is pushed back with the real count.
-    heap = [(-c, p) for p, c in stats.items()]
-    heapq.heapify(heap)
-    merges: dict[tuple[int, int], int] = {}
-    bar = tqdm(total=n_merges, desc="bpe merges", unit="merge", disable=not verbose, delay=1.0)
-    while len(merges) < n_merges and heap:
-        neg_count, pair = heapq.heappop(heap)
-        count = stats[pair]
-        if count != -neg_count:
-            if count > 0:
-                heapq.heappush(heap, (-count, pair))
-            continue
-        idx = 256 + len(merges)
-        merges[ord(pair[0]), ord(pair[1])] = idx
-        a, b, new = pair[0], pair[1], chr(idx)
-        born = defaultdict(list)  # new pair (contains idx) -> one chunk index per occurrence
-        for i in where.pop(pair):
-            w, f = words[i], freqs[i]
-            j, end = w.find(pair), -1  # end: where the previous occurrence stopped (its `new` is our left)
-            while j >= 0:  # fix only the neighbours' pairs
-                if j:
-                    left = new if j == end else w[j - 1]
-                    stats[left + a] -= f
-                    born[left + new].append(i)
-                if j + 2 < len(w):
-                    stats[b + w[j + 2]] -= f
-                    born[new + w[j + 2]].append(i)
-                end = j + 2
-                j = w.find(pair, end)
-            words[i] = w.replace(pair, new)  # a stale index entry (pair gone from the chunk) changes nothing
-        del stats[pair]
-        for p in born:
-            where[p] = born[p]
-            # += : a later occurrence in the same merge may already have taken some back ("abab" -> x x)
-            stats[p] += sum(map(freqs.__getitem__, born[p]))
-            if stats[p] > 0:
-                heapq.heappush(heap, (-stats[p], p))
-        bar.update()
-    bar.close()
-    return merges
-
-
-# ----------------------------------------------------------------------------------------------------------
 # tokenizers
 
 def _check_specials(special_tokens: Iterable[str]) -> list[str]:
     specials = [special_tokens] if isinstance(special_tokens, str) else list(special_tokens)
-    if (not all(isinstance(s, str) and s and not _SURROGATE.search(s) for s in specials)
+    if (not all(isinstance(s, str) and s and not SURROGATE.search(s) for s in specials)
             or len(set(specials)) != len(specials)):
         raise ValueError(f"special_tokens must be distinct non-empty strings, got {specials!r}")
     return specials
@@ -462,7 +311,7 @@ class CharTokenizer(_BaseTokenizer):
         self.chars = list(chars)  # id -> character
         if self.UNK not in self.chars:
             self.chars.append(self.UNK)
-        if any(len(c) != 1 or _SURROGATE.match(c) for c in self.chars) or len(set(self.chars)) < len(self.chars):
+        if any(len(c) != 1 or SURROGATE.match(c) for c in self.chars) or len(set(self.chars)) < len(self.chars):
             raise ValueError("chars must be distinct single characters (no lone surrogates)")
         self._stoi = {c: i for i, c in enumerate(self.chars)}
         self._unk_id = self._stoi[self.UNK]
@@ -480,7 +329,7 @@ class CharTokenizer(_BaseTokenizer):
         specials = _check_specials(special_tokens)
         counts: Counter[str] = Counter()
         for piece in [text] if isinstance(text, str) else text:
-            counts.update(_SURROGATE.sub(cls.UNK, piece))
+            counts.update(SURROGATE.sub(cls.UNK, piece))
         if not counts:
             raise ValueError("cannot train a tokenizer on an empty corpus")
         counts.pop(cls.UNK, None)  # the fallback is added below, whatever its count

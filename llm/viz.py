@@ -1,10 +1,13 @@
-"""View-model helpers for the playground: what the app shows, as plain data. No gradio here.
+"""View-model helpers for the playground: what the app shows, as plain data and page text. No gradio here.
 
     token_text, token_display, show_whitespace   a token as readable text: glyphs for whitespace, <0xNN> for
                                                  bytes that are not valid UTF-8 on their own, special names
     token_spans, highlight                       tokens coloured by probability or by id (HighlightedText data)
-    score_ids, perplexity                        the model's probability, top alternatives and entropy per position
+    TokenRun, score_ids, perplexity              the Tokens tab's state; the model's probability, top alternatives
+                                                 and entropy per position (sample.next_token_stats)
     alternative_rows, step_markdown              the table and the line shown for a chosen token
+    header_markdown, progress_line, stats_markdown, tokens_summary, counts_markdown, vocab_count_line
+                                                 the page's lines of text
     chunk_highlight, text_counts                 the tokenizer explorer: pre-split chunks, counts
     merge_tree, merge_tree_text                  how a BPE token was built from bytes
     search_vocab, special_rows, token_kind       the vocabulary browser
@@ -25,6 +28,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+
+from llm.checkpoint import metric_points, metric_rows
+from llm.sample import Step, next_token_stats
 
 GLYPHS = {" ": "·", "\t": "→", "\n": "↵\n", "\r": "␍"}  # the newline glyph keeps its line break
 PROB_LOW = 1e-4  # probabilities at or below this get the "least likely" colour (log scale up to 1)
@@ -117,16 +123,6 @@ def prob_label(p: float | None) -> str:
 
 
 @dataclass
-class Step:
-    """What the model thought at one position: probability of the token there, its top alternatives
-    (id, prob) most likely first, and the entropy of the distribution in nats."""
-
-    prob: float
-    alternatives: list[tuple[int, float]]
-    entropy: float
-
-
-@dataclass
 class TokenSpan:
     index: int
     id: int
@@ -182,14 +178,38 @@ def score_ids(model, ids: Sequence[int], num_alternatives: int = 10,
     device = next(model.parameters()).device
     x = torch.tensor([list(ids)], dtype=torch.long, device=device)  # (1, T)
     V = min(vocab_size or model.config.vocab_size, model.config.vocab_size)
-    logits = model(x)[0][0, :-1, :V].float()  # (T-1, V): position t predicts token t+1
-    probs = logits.softmax(-1)
-    entropy = torch.special.entr(probs).sum(-1)  # (T-1,) nats
-    k = min(num_alternatives, V)
-    alt_p, alt_i = probs.topk(k, dim=-1)  # (T-1, k)
-    target = probs.gather(-1, x[0, 1:, None]).squeeze(-1)  # (T-1,)
-    rows = zip(target.tolist(), alt_i.tolist(), alt_p.tolist(), entropy.tolist())
+    logits = model(x)[0][0, :-1, :V]  # (T-1, V): position t predicts token t+1
+    rows = zip(*next_token_stats(logits, x[0, 1:], num_alternatives))
     return [None] + [Step(p, list(zip(ai, ap)), h) for p, ai, ap, h in rows]
+
+
+@dataclass
+class TokenRun:
+    """The Tokens tab's state: a prompt's ids and the tokens generated after it, with what the model thought at
+    each position (None where nothing is known: the first token, or a prompt not yet scored)."""
+
+    ids: list[int]
+    n_prompt: int
+    steps: list[Step | None]
+    scored: bool = False  # the prompt's steps are filled in
+
+    @classmethod
+    def of_prompt(cls, ids: Sequence[int]) -> TokenRun:
+        return cls(list(ids), len(ids), [None] * len(ids))
+
+    def add(self, token_id: int, step: Step) -> None:
+        self.ids.append(token_id)
+        self.steps.append(step)
+
+    def score_prompt(self, model, vocab_size: int | None = None) -> None:
+        if not self.scored:
+            self.steps[: self.n_prompt] = score_ids(model, self.ids[: self.n_prompt], 10, vocab_size)
+            self.scored = True
+
+    def shown(self) -> tuple[list[int], list[Step | None]]:
+        """ids and steps paired: a run still streaming grows in another thread, one list before the other."""
+        T = min(len(self.ids), len(self.steps))
+        return self.ids[:T], self.steps[:T]
 
 
 ALT_HEADERS = ["rank", "token", "id", "probability"]
@@ -344,18 +364,12 @@ def format_count(n: float) -> str:
 
 
 def loss_curve_rows(rows: Iterable[dict]) -> list[dict]:
-    """metrics.jsonl rows -> long-form points {step, loss, split} for a line plot with one line per split.
-
-    Rows of another kind than "eval" (when the trainer marks them) and non-finite values are left out."""
-    points = []
-    for r in rows:
-        if r.get("kind", "eval") != "eval" or not isinstance(r.get("step"), (int, float)):
-            continue
-        for split in ("train", "val"):
-            v = r.get(f"{split}_loss")
-            if isinstance(v, (int, float)) and math.isfinite(v):
-                points.append({"step": r["step"], "loss": float(v), "split": split})
-    return points
+    """metrics.jsonl rows -> long-form points {step, loss, split} of the evaluations, for a line plot with one
+    line per split. Non-finite values are left out."""
+    rows = list(rows)
+    points = [{"step": s, "loss": v, "split": split} for split in ("train", "val")
+              for s, v in metric_points(rows, "eval", f"{split}_loss")]
+    return sorted(points, key=lambda p: p["step"])
 
 
 def _fmt(v) -> str:
@@ -374,7 +388,7 @@ def summary_rows(meta: dict, train: dict | None = None, metrics: Sequence[dict] 
                       ("device", "trained on")):
         if meta.get(key) is not None:
             rows.append([name, _fmt(meta[key])])
-    evals = [r for r in metrics if r.get("kind", "eval") == "eval"]
+    evals = metric_rows(list(metrics), "eval")
     if evals and evals[-1].get("train_loss") is not None:
         rows.append(["train loss (last eval)", _fmt(evals[-1]["train_loss"])])
     for key in ("corpus", "tokenizer", "vocab_size", "optimizer", "lr", "batch_size", "max_steps", "seed"):
@@ -390,7 +404,7 @@ def attention_maps(model, ids: Sequence[int]) -> list[torch.Tensor]:
         raise ValueError(f"need 1 to {model.config.block_size} tokens, got {len(ids)}")
     device = next(model.parameters()).device
     x = torch.tensor([list(ids)], dtype=torch.long, device=device)
-    _, _, attn = model(x, return_attn=True)
+    _, attn = model.attention_maps(x)
     return [a[0].float().cpu() for a in attn]
 
 
@@ -418,3 +432,64 @@ def attention_html(labels: Sequence[str], weights: Sequence[Sequence[float]], ca
     cap = f"<caption style='caption-side:bottom;font-size:12px'>{html.escape(caption)}</caption>" if caption else ""
     return (f'<div style="overflow:auto"><table style="border-collapse:collapse;font-family:monospace">{cap}'
             f'<tr><th style="border:0"></th>{head}</tr>{"".join(body)}</table></div>')
+
+
+# -----------------------------------------------------------------------------
+# lines of text for the page (Markdown; user text escaped)
+
+
+def header_markdown(name: str, num_params: int, meta: dict, config, device: str) -> str:
+    """The title line: the model's name, size, figures and where it runs."""
+    parts = [f"**{escape_markdown(name)}**", f"{format_count(num_params)} parameters"]
+    if meta.get("val_loss") is not None:
+        parts.append(f"val loss {meta['val_loss']:.3f}")
+    if meta.get("bits_per_byte") is not None:
+        parts.append(f"{meta['bits_per_byte']:.3f} bits per byte")
+    if meta.get("step") is not None:
+        parts.append(f"{meta['step']:,} steps")
+    c = config
+    parts.append(f"{c.n_layer} layer{'s' * (c.n_layer != 1)} × {c.n_embd} dims, context {c.block_size} tokens")
+    parts.append(f"on {device}")
+    return "# scratchgpt playground\nModel: " + " · ".join(parts)
+
+
+def progress_line(n: int, seconds: float) -> str:
+    return f"{n} tokens so far · {n / seconds:.1f} tokens/s · generating…"
+
+
+STOP_REASONS = {"length": "max new tokens", "eos": "end of text", "stop": "a stop string"}
+
+
+def stats_markdown(n: int, seconds: float, first: float | None, reason: str, cropped: int = 0) -> str:
+    """The line after a generation: tokens, speed, time to the first token, why it stopped. `reason` is a
+    TokenEvent's finish_reason or, for a limit of the app's, its own words."""
+    note = f" · the prompt's first {cropped:,} tokens did not fit the context and were dropped" if cropped else ""
+    return (f"**{n} token{'s' * (n != 1)}** in {seconds:.2f} s · **{n / seconds:.1f} tokens/s** · first token "
+            f"after {1000 * (first or seconds):.0f} ms · stopped at {STOP_REASONS.get(reason, reason)}{note}")
+
+
+def tokens_summary(run: TokenRun, color_by: str) -> str:
+    """The Tokens tab's line: how many tokens of each kind, their perplexity, how to read the colours."""
+    ids, steps = run.shown()
+    n_gen = len(ids) - run.n_prompt
+    ppl = perplexity(steps[run.n_prompt:]) if n_gen else perplexity(steps)
+    return (f"{run.n_prompt} prompt tokens, {n_gen} generated"
+            + (f" · perplexity of the {'generated' if n_gen else 'prompt'} tokens {ppl:.2f}" if ppl else "")
+            + (" · green = likely, red = unlikely (log scale)" if color_by == "probability" else "")
+            + " · click a token for the model's alternatives")
+
+
+def counts_markdown(counts: dict[str, float | int]) -> str:
+    """text_counts as one line: **29** characters · **32** bytes · ..."""
+    return " · ".join(f"**{v:,}** {k}" if isinstance(v, int) else f"**{v:.2f}** {k}" for k, v in counts.items())
+
+
+def vocab_count_line(shown: int, total: int, query: str) -> str:
+    return f"{shown} of {total:,} tokens" + (" matching" if query else " (longest first)")
+
+
+def attention_caption(layer: int, head: str, shown: int, total: int) -> str:
+    which = "mean over heads" if head == "mean" else f"head {head}"
+    note = f" (the first {shown} of its {total} tokens)" if total > shown else ""
+    return (f"layer {layer}, {which}{note}: row = query token, column = key token it attends to; "
+            "darker = more attention")

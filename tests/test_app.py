@@ -16,6 +16,7 @@ import app
 import train_cli
 from conftest import make_text
 from llm.checkpoint import CheckpointError
+from llm.sample import parse_stop
 
 TINY_RUN = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "4",
             "--vocab-size", "300", "--max-steps", "6", "--eval-interval", "3", "--eval-iters", "1",
@@ -138,7 +139,7 @@ def test_generate_streams_and_reports(pg):
     assert all(len(a) <= len(b) for a, b in zip(texts, texts[1:]))  # text only grows
     text, stats, run = updates[-1]
     assert "**30 tokens**" in stats and "tokens/s" in stats and "max new tokens" in stats
-    assert len(run["ids"]) == run["n_prompt"] + 30 and run["steps"][-1].prob > 0
+    assert len(run.ids) == run.n_prompt + 30 and run.steps[-1].prob > 0
     assert list(pg.generate("KING:", **GEN))[-1][0] == text  # same seed, same text
 
 
@@ -149,12 +150,12 @@ def test_generate_seed_minus_one_is_random(pg):
 
 def test_generate_empty_prompt_starts_at_endoftext(pg):
     *_, (text, stats, run) = pg.generate("", **{**GEN, "max_new_tokens": 3})
-    assert run["ids"][0] == pg.tokenizer.eot_id and run["n_prompt"] == 1
+    assert run.ids[0] == pg.tokenizer.eot_id and run.n_prompt == 1
 
 
 def test_generate_crops_a_long_prompt(pg):
     *_, (_, stats, run) = pg.generate("the king " * 40, **{**GEN, "max_new_tokens": 2})
-    assert "did not fit the context" in stats and run["n_prompt"] == pg.config.block_size
+    assert "did not fit the context" in stats and run.n_prompt == pg.config.block_size
 
 
 def test_generate_stops_at_the_time_limit(loaded):
@@ -200,7 +201,7 @@ def test_generate_rejects_a_long_prompt(pg):
     (" x , x ,", ("x",)),
 ])
 def test_parse_stop(text, stops):
-    assert app.parse_stop(text, 8) == stops
+    assert parse_stop(text) == stops
 
 
 def test_generate_stop_string(pg):
@@ -215,16 +216,16 @@ def test_generate_stop_string(pg):
 def test_show_tokens_and_details(pg):
     *_, (_, _, run) = pg.generate("KING:", **GEN)
     view, summary, run = pg.show_tokens(run, "KING:", "probability")
-    assert len(view["value"]) == len(run["ids"])
+    assert len(view["value"]) == len(run.ids)
     assert set(view["color_map"]) == {label for _, label in view["value"]}
-    assert run["scored"] and run["steps"][0] is None and run["steps"][1] is not None
-    assert f"{run['n_prompt']} prompt tokens, 30 generated" in summary and "perplexity" in summary
-    md, rows = pg.token_details(run, select(run["n_prompt"]))
+    assert run.scored and run.steps[0] is None and run.steps[1] is not None
+    assert f"{run.n_prompt} prompt tokens, 30 generated" in summary and "perplexity" in summary
+    md, rows = pg.token_details(run, select(run.n_prompt))
     assert "(generated)" in md and "Entropy" in md and len(rows) >= 10 and "◀" in "".join(str(r[1]) for r in rows)
     md, rows = pg.token_details(run, select(0))
     assert "first token" in md and rows == []
     with pytest.raises(gr.Error, match="choose one of the tokens"):
-        pg.token_details(run, select(len(run["ids"])))
+        pg.token_details(run, select(len(run.ids)))
     with pytest.raises(gr.Error, match="choose one of the tokens"):
         pg.token_details(None, select(0))
 
@@ -232,7 +233,7 @@ def test_show_tokens_and_details(pg):
 def test_show_tokens_without_a_run_scores_the_prompt(pg):
     view, summary, run = pg.show_tokens(None, "the king", "id")
     ids = pg.tokenizer.encode("the king")
-    assert run["ids"] == ids and "0 generated" in summary
+    assert run.ids == ids and "0 generated" in summary
     labels = [label for _, label in view["value"]]
     assert labels == [str(i) for i in ids]
     with pytest.raises(gr.Error, match="colour by"):
@@ -304,7 +305,7 @@ def test_a_character_level_model_works_too():
     assert "no merges" in pg.merge_tree(json.loads(ids)[0])
     *_, (text, stats, run) = pg.generate("the", **{**GEN, "max_new_tokens": 20})
     view, _, _ = pg.show_tokens(run, "the", "probability")
-    assert len(view["value"]) == len(run["ids"])
+    assert len(view["value"]) == len(run.ids)
     assert "<table" in pg.attention("the king", 0, "mean")
     demo = app.build_app(model, tok, {})  # no metrics, no training info: the model tab still builds
     assert demo.config["title"] == "scratchgpt playground"
@@ -337,7 +338,7 @@ def test_gpu_handlers_survive_zero_gpu_pickling(pg, loaded, monkeypatch):
     *_, (text, stats, run) = fake_zero_gpu(pg.generate)("KING:", **GEN)
     assert "**30 tokens**" in stats
     view, _, run = fake_zero_gpu(pg.show_tokens)(run, "KING:", "probability")
-    assert run["scored"] and len(view["value"]) == len(run["ids"])
+    assert run.scored and len(view["value"]) == len(run.ids)
     assert "<table" in fake_zero_gpu(pg.attention)("the king", 0, "mean")
     monkeypatch.setattr(app, "gpu", fake_zero_gpu)
     demo = app.build_app(*loaded)

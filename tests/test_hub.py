@@ -3,7 +3,6 @@ card, the Space front matter, and the CLI's answers to bad input. HfApi's networ
 
 import hashlib
 import importlib.metadata
-import inspect
 import json
 import os
 import shutil
@@ -17,9 +16,8 @@ from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, Repo
 
 import train_cli
 from conftest import ROOT, make_text
-from llm import checkpoint, hub
+from llm import hub, load_checkpoint
 from llm.card import dataset_ids, loss_curve_svg, render_card
-from llm.checkpoint import load_checkpoint
 
 # The Space front matter under test: the top of the repository README.
 SPACE_README = ROOT / "README.md"
@@ -264,8 +262,6 @@ def test_download_revisions(staged, offline_hub):
         hub.download("alice/tiny@v2")
 
 
-@pytest.mark.skipif("hub" not in inspect.getsource(checkpoint.resolve),
-                    reason="llm.checkpoint.resolve has no Hub fallback yet (hook in the issue 6 report)")
 def test_load_checkpoint_by_repo_id(staged, offline_hub):
     snap = build_cache(offline_hub, "alice/tiny", staged, SHA_MAIN)
     _, _, meta = load_checkpoint("alice/tiny")
@@ -449,14 +445,11 @@ def test_deploy_space_needs_space_front_matter(app_root, monkeypatch, readme, ex
     assert "\n" not in str(e.value)
 
 
-def test_default_checkpoint_and_space_runtime(monkeypatch):
+def test_default_checkpoint(monkeypatch):
     monkeypatch.delenv(hub.ENV_CHECKPOINT, raising=False)
-    monkeypatch.delenv("SPACE_ID", raising=False)
-    assert hub.default_checkpoint(None) is None and hub.space_runtime() is None
+    assert hub.default_checkpoint(None) is None
     monkeypatch.setenv(hub.ENV_CHECKPOINT, "alice/tiny")
-    monkeypatch.setenv("SPACE_ID", "alice/playground")
     assert hub.default_checkpoint(None) == "alice/tiny" and hub.default_checkpoint("out") == "out"
-    assert hub.space_runtime()["space_id"] == "alice/playground"
 
 
 # -----------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def test_attention_weights_only_when_asked(pos):
     idx = torch.randint(0, 37, (2, 9))
     fast = model(idx)
     assert len(fast) == 2  # the fast path returns no attention
-    logits, _, attn = model(idx, return_attn=True)
+    logits, attn = model.attention_maps(idx)
     torch.testing.assert_close(logits, fast[0])
     assert len(attn) == 2 and all(a.shape == (2, 2, 9, 9) for a in attn)
     for a in attn:

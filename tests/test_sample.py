@@ -5,13 +5,12 @@ import math
 import pytest
 import torch
 
+from llm.decode import KVCache, decoder
 from llm.model import GPT, ModelConfig
 from llm.sample import (
-    KVCache,
     SampleConfig,
     TextStream,
     apply_repetition_penalty,
-    filter_logits,
     generate,
     generate_ids,
     keep_sorted,
@@ -51,7 +50,7 @@ class Scripted(torch.nn.Module):
         self.lm_head = torch.nn.Linear(2, vocab_size, bias=False)
         self.script, self.calls = script, 0
 
-    def forward(self, idx, targets=None, kv_cache=None, return_attn=False):
+    def forward(self, idx, targets=None, kv_cache=None):
         logits = torch.zeros(idx.size(0), idx.size(1), self.config.vocab_size)
         logits[:, -1, self.script[self.calls]] = 10.0
         self.calls += 1
@@ -92,7 +91,7 @@ def test_cache_logits_match_full_forward_with_chunk_after_filled_cache(pos):
 @pytest.mark.parametrize("norm,mlp", [("rmsnorm", "swiglu"), ("layernorm", "gelu"), ("rmsnorm", "gelu")])
 @pytest.mark.parametrize("pos", POSITIONS)
 def test_decoder_steps_equal_forward_for_every_variant(pos, norm, mlp, bias):
-    """model.decoder(), the sampler's lean one-token step (its own code), against forward: the same logits and
+    """decoder(model), the sampler's lean one-token step (its own code), against forward: the same logits and
     cache as forward's one-token steps up to float rounding, and close to one full forward, for three rows that
     share a batch-1 prefill. The tolerance is float32 rounding's: over 15 seeds the step used under 5% of it,
     while leaving out one folded RMSNorm gain overshoots it 50-fold or more."""
@@ -105,7 +104,7 @@ def test_decoder_steps_equal_forward_for_every_variant(pos, norm, mlp, bias):
     full, _ = model(idx)
     caches = [KVCache.for_model(model, batch_size=3) for _ in range(2)]
     with torch.inference_mode():
-        step = model.decoder()
+        step = decoder(model)
         prefill = [model(idx[:1, :6], kv_cache=c)[0][:, -1] for c in caches]
         fast = [step(idx[:, t : t + 1], caches[0]) for t in range(6, 16)]
         plain = [model(idx[:, t : t + 1], kv_cache=caches[1])[0][:, -1] for t in range(6, 16)]
@@ -130,7 +129,7 @@ def test_decoder_in_half_precision_matches_forward(half):
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=half == "bf16 autocast"):
         for c in caches:
             model(idx[:, :4], kv_cache=c)
-        step = model.decoder()
+        step = decoder(model)
         fast = torch.stack([step(idx[:, t : t + 1], caches[0]) for t in range(4, 8)], 1)
         plain = torch.stack([model(idx[:, t : t + 1], kv_cache=caches[1])[0][:, -1] for t in range(4, 8)], 1)
     assert fast.dtype == plain.dtype == torch.bfloat16
@@ -211,6 +210,16 @@ def test_kv_cache_protocol():
 
 
 # --- masks and token selection -----------------------------------------------------------------------------
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> torch.Tensor:
+    """The tests' reference for the masks (llm.sample had it, used by nothing else): logits (B, V) -> logits with
+    every token outside the top-k, top-p and min-p sets at -inf, each applied on what the previous one left."""
+    V = logits.size(-1)
+    vals, idx = logits.topk(min(top_k, V) if top_k else V, dim=-1)  # (B, K) sorted descending
+    keep = keep_sorted(vals.softmax(-1), top_p, min_p)
+    out = torch.full_like(logits, float("-inf"))
+    return out.scatter(-1, idx, vals.masked_fill(~keep, float("-inf")))
 
 
 def test_top_k_keeps_exactly_k_and_clamps():

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from llm.tokenizer import (EOT, GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, CharTokenizer, Tokenizer, count_chunks,
-                           cut_text, get_stats, learn_merges, load_tokenizer, merge, read_pieces, render_token)
+from llm.bpe import (GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, count_chunks, cut_text, get_stats, learn_merges, merge,
+                     read_pieces, render_token)
+from llm.tokenizer import EOT, CharTokenizer, Tokenizer, load_tokenizer
 
 WORDS = ["the", "The", "and", "thee", "thou", "hath", "king", "queen", "don't", "I'll", "we've", "ROMEO", "1234",
          "3.14", "naïve", "café", "日本語", "中文", "שלום", "مرحبا", "e\u0301", "👍", "👩\u200d👩\u200d👧", "<|", "|>", "\t"]

@@ -1,0 +1,148 @@
+"""The KV cache and the one-token decode step that writes it: the sampler's fast path, beside the cache it fills.
+
+    KVCache.for_model(model, batch_size)   keys and values of every layer, preallocated (GPT.forward's
+                                           KVCacheProtocol, plus `layers` for the decoder)
+    decoder(model)                         -> step(idx (B, 1), cache) -> logits (B, V): forward's arithmetic
+                                           rearranged for one position
+    make_step(model)                       the step the sampler runs: decoder(model) when it may stand in for
+                                           forward, forward itself otherwise
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llm.model import GPT, RMSNorm, apply_rope, mlp_activation, unit_norm
+
+Step = Callable[[torch.Tensor, "KVCache"], torch.Tensor]
+
+
+class KVCache:
+    """Pre-allocated keys and values: kv (n_layer, B, 2, H, max_len, hd), keys at [:, :, 0] and values at
+    [:, :, 1] (views k and v). One tensor, so a decode step stores a position's key and value with one copy.
+
+    update() takes a batch of 1 for a cache of B rows: a prefill written once lands in every row, so
+    num_samples > 1 costs a single prefill."""
+
+    def __init__(
+        self,
+        n_layer: int,
+        batch_size: int,
+        n_head: int,
+        max_len: int,
+        head_dim: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.kv = torch.zeros(n_layer, batch_size, 2, n_head, max_len, head_dim, device=device, dtype=dtype)
+        self.k, self.v = self.kv.select(2, 0), self.kv.select(2, 1)  # (n_layer, B, H, max_len, hd) each
+        self.max_len = max_len
+        self.pos = 0
+        self.layers = list(self.kv)  # per-layer views (B, 2, H, max_len, hd): fewer ops per decode step
+
+    @classmethod
+    def for_model(cls, model: nn.Module, batch_size: int) -> KVCache:
+        c = model.config
+        w = model.lm_head.weight
+        return cls(c.n_layer, batch_size, c.n_head, c.block_size, c.n_embd // c.n_head, w.device, w.dtype)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, _, T, _ = k.shape
+        end = self.pos + T
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {self.pos} used, {T} more asked for")
+        k_all, v_all = self.k[layer], self.v[layer]
+        k_all.narrow(2, self.pos, T).copy_(k)  # a batch-1 prefill broadcasts over every row
+        v_all.narrow(2, self.pos, T).copy_(v)
+        if B < k_all.size(0):
+            k_all, v_all = k_all[:B], v_all[:B]
+        return k_all.narrow(2, 0, end), v_all.narrow(2, 0, end)
+
+    def advance(self, T: int) -> None:
+        self.pos += T
+
+    def reset(self) -> None:
+        self.pos = 0
+
+
+def make_step(model: nn.Module) -> Step:
+    """The one-token step a sampler runs: the lean decoder for a GPT, else forward. A model with forward hooks
+    anywhere in it gets forward too: the decoder makes no module calls, so it would skip them."""
+    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    if isinstance(model, GPT) and not hooked:
+        return decoder(model)
+    return lambda idx, kv_cache: model(idx, kv_cache=kv_cache)[0][:, -1]
+
+
+def _norm(m: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor | None]:
+    """-> (the norm without an RMSNorm's gain, that gain for the next matrix to absorb)."""
+    if isinstance(m, RMSNorm):
+        return functools.partial(unit_norm, eps=m.eps), m.weight * m.scale
+    return lambda x: F.layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps), None
+
+
+def _linear(m: nn.Linear, gain: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x @ W.T (+ b) through a contiguous (in, out) copy of W, with a preceding norm's gain folded in."""
+    w = m.weight if gain is None else m.weight * gain
+    w_t, b = w.detach().t().contiguous(), m.bias  # (in, out)
+    if b is None:
+        return lambda x: torch.mm(x, w_t)
+    b = b.detach()
+    return lambda x: torch.addmm(b, x, w_t)
+
+
+def decoder(model: GPT) -> Step:
+    """A one-token step over a copy of the weights as they are now: step(idx, kv_cache) takes idx (B, 1) after
+    kv_cache.pos cached positions, extends the cache by one and returns logits (B, V), equal to
+    forward(idx, kv_cache=kv_cache)[0][:, -1] up to float rounding (tested for every variant). Make a new one
+    after the weights change. Inference only (no dropout, no attention weights).
+
+    A CPU pays per op and per Python call more than per FLOP at one position (bench/README.md), so: every weight
+    matrix is copied once as a contiguous (in, out) matrix, which a batch-1 matmul reads faster, with each
+    RMSNorm's gain folded into the matrix after it (norm(x) * g @ W.T = norm(x) @ (W * g).T); no module calls,
+    no transposes, no mask, in-place ops on the step's own tensors; RoPE rotates q, k and v in one complex
+    multiply (v by 1 + 0i), so the new key and value go into the cache with one copy. The copies cost the
+    weights' size in memory while a generation runs."""
+    c = model.config
+    H, hd = c.n_head, c.n_embd // c.n_head
+    layers = []
+    for block in model.h:
+        (ln_1, g_1), (ln_2, g_2) = _norm(block.ln_1), _norm(block.ln_2)
+        layers.append((ln_1, _linear(block.attn.c_attn, g_1), _linear(block.attn.c_proj),
+                       ln_2, _linear(block.mlp.c_fc, g_2), _linear(block.mlp.c_proj), block.mlp.swiglu))
+    (ln_f, g_f), wte = _norm(model.ln_f), model.wte.weight.detach()
+    head = _linear(model.lm_head, g_f)
+    table, rope = model.wpe.table(0, c.block_size), model.wpe.rotations(0, c.block_size)
+    if rope is not None:  # (T, 3, 1, 1, hd/2): q and k rotate, v is multiplied by 1
+        rope = torch.stack([rope, rope, torch.ones_like(rope)], dim=1)[:, :, None, None]
+
+    def step(idx: torch.Tensor, kv_cache: KVCache) -> torch.Tensor:
+        B, pos = idx.size(0), kv_cache.pos
+        if pos >= c.block_size:
+            raise ValueError(f"sequence of {pos + 1} tokens ({pos} cached + 1 new) exceeds block_size {c.block_size}")
+        x = torch.embedding(wte, idx.view(B))  # (B, C)
+        if table is not None:
+            x = x + table.select(0, pos)
+        freqs = rope.select(0, pos) if rope is not None else None  # (3, 1, 1, hd/2)
+        # In-place ops (add_, mul_) only ever write tensors this step created
+        for (ln_1, attn_in, attn_out, ln_2, fc, proj, swiglu), kv in zip(layers, kv_cache.layers):
+            qkv = attn_in(ln_1(x))  # (B, 3C)
+            if freqs is not None and qkv.dtype == torch.float32:
+                torch.view_as_complex(qkv.view(B, 3, H, 1, hd // 2, 2)).mul_(freqs)
+            elif freqs is not None:  # a half-precision model or autocast: complex math in fp32
+                qkv = apply_rope(qkv.view(B, 3, H, 1, hd), freqs)
+            qkv = qkv.view(B, 3, H, 1, hd)
+            kv.narrow(-2, pos, 1).copy_(qkv.narrow(1, 1, 2))  # kv (B, 2, H, max_len, hd)
+            k, v = kv.narrow(-2, 0, pos + 1).unbind(1)  # (B, H, pos + 1, hd) each
+            y = F.scaled_dot_product_attention(qkv.select(1, 0), k, v)  # one query sees every key: no mask
+            x.add_(attn_out(y.view(B, -1)))
+            x.add_(proj(mlp_activation(fc(ln_2(x)), swiglu)))
+        kv_cache.advance(1)
+        return head(ln_f(x))
+
+    return step
