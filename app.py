@@ -16,7 +16,6 @@ try:  # ZeroGPU on Hugging Face Spaces: `spaces` must be imported before anythin
 except ImportError:
     spaces = None
 
-import argparse
 import json
 import os
 import sys
@@ -30,7 +29,8 @@ import pandas as pd
 import torch
 
 from llm import viz
-from llm.checkpoint import CheckpointError, load_checkpoint, metrics_dir, read_config, read_metrics
+from llm.checkpoint import CONFIG, CheckpointError, load_checkpoint, metrics_dir, read_config, read_metrics
+from llm.cli import ArgumentParser
 from llm.config import SettingError
 from llm.hub import ENV_CHECKPOINT, default_checkpoint, is_hub_spec, resolve_checkpoint
 from llm.sample import KNOBS, Knob, SampleConfig, generate, parse_stop, prepare_prompt
@@ -101,7 +101,7 @@ def find_checkpoint(cli_value: str | None = None, cwd: str | os.PathLike = ".") 
     runs = [p for p in Path(cwd).glob("checkpoints/*/best") if p.is_dir()]
     if runs:
         return str(max(runs, key=lambda p: p.stat().st_mtime))
-    if (BUNDLED / "config.json").is_file():
+    if (BUNDLED / CONFIG).is_file():
         return str(BUNDLED)
     raise CheckpointError("no model to open: pass --checkpoint DIR, set SCRATCHGPT_CHECKPOINT, or train one with "
                           "`python train_cli.py --corpus FILE` (it writes checkpoints/<name>/best); the bundled "
@@ -144,8 +144,8 @@ class Playground:
         self.model, self.tokenizer, self.meta = model.eval(), tokenizer, meta
         self.name, self.metrics, self.train_config = name, metrics or [], train_config or {}
         self.limits = limits or Limits()
-        # Seconds between streamed updates. Each update costs the server a few ms, and Gradio does not run the
-        # generator ahead meanwhile, so one update per token would cap a fast model at ~150 tokens/s.
+        # Seconds between streamed updates: Gradio does not run the generator ahead while it sends one, so an
+        # update per token would cap a fast model's speed (bench/README.md, Playground).
         self.stream_interval = stream_interval
         self.config = model.config
         self.vocab_size = min(tokenizer.vocab_size, model.config.vocab_size)
@@ -162,13 +162,16 @@ class Playground:
 
     def sample_config(self, settings: dict) -> SampleConfig:
         """The Generate tab's settings (named as in SETTINGS) -> a SampleConfig, each checked once, in words."""
-        ranges = self.sample_ranges()
         seed = -1 if settings["seed"] is None else check_number(SEED, settings["seed"])
-        values = {k.name: check_number(k, settings[k.name], *ranges.get(k.name, (None, None))) for k in KNOBS}
         stop = parse_stop(check_text("stop strings", settings["stop"], 200))
         if len(stop) > self.limits.stop_strings:
             raise fail(f"at most {self.limits.stop_strings} stop strings; got {len(stop)}")
-        return SampleConfig(**values, stop=stop, seed=None if seed == -1 else seed, num_alternatives=10)
+        try:
+            return SampleConfig(**{k.name: settings[k.name] for k in KNOBS}, stop=stop,
+                                seed=None if seed == -1 else seed, num_alternatives=10,
+                                ranges=self.sample_ranges(), for_people=True)
+        except SettingError as e:
+            raise fail(str(e)) from None
 
     def _prompt_ids(self, prompt: str) -> tuple[list[int], int]:
         """Prompt -> (the ids the model sees, tokens cropped from the front)."""
@@ -418,7 +421,7 @@ def build_app(model, tokenizer, meta: dict, name: str = "model", metrics: list[d
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="app.py", description="The scratchgpt playground (Gradio).")
+    p = ArgumentParser(prog="app.py", description="The scratchgpt playground (Gradio).")
     p.add_argument("--checkpoint", help="checkpoint directory (OUT, OUT/best or OUT/last) or a Hub repo id; "
                    f"default ${ENV_CHECKPOINT}, else the newest checkpoints/*/best, else assets/model/")
     p.add_argument("--host", default=None, help="address to serve on (default 127.0.0.1, or $GRADIO_SERVER_NAME)")

@@ -104,7 +104,7 @@ def matmul_share(model: GPT, tokenizer, prompt: list[int]) -> tuple[float, float
 def matmul_floor(model: GPT, dtype: torch.dtype, tokens: int = 100) -> list[float]:
     """ms per token that the model's weight matrices alone cost at batch 1: one matmul per matrix per token,
     the matrices taken in turn as a decode step does (so a model larger than the cache streams from memory).
-    fp32 and bf16: [nn.Linear's (out, in) through F.linear, (in, out) contiguous through mm (GPT.decoder's)].
+    fp32 and bf16: [nn.Linear's (out, in) through F.linear, (in, out) contiguous through mm (llm.decode.decoder's)].
     torch.int8: [weight-only int8 with a scale per row through torch's own kernel (torch._weight_int8pack_mm, the
     one gpt-fast uses), fp32 activations]."""
     weights = [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)]

@@ -103,6 +103,26 @@ def read_pieces(path: str | os.PathLike, piece_chars: int = 1 << 22) -> Iterator
         yield rest
 
 
+def _pair_index(chunk_counts: Mapping[str, int]):
+    """learn_merges' starting point: (words, freqs, stats, where). A chunk is kept as a str whose code points
+    are its token ids, and a pair as a 2-character str: then str.find and str.replace (left to right,
+    non-overlapping, exactly BPE's merge) run in C. stats: pair -> occurrences weighted by chunk count;
+    where: pair -> the chunks that had it (may go stale)."""
+    words: list[str] = []
+    freqs: list[int] = []
+    for chunk, count in chunk_counts.items():
+        if len(b := to_utf8(chunk)) > 1:  # a single byte has no pair
+            words.append(b.decode("latin-1"))  # code point k = byte k
+            freqs.append(count)
+    stats: dict[str, int] = defaultdict(int)
+    where: dict[str, list[int]] = defaultdict(list)
+    for i, (w, f) in enumerate(zip(words, freqs)):
+        for pair in map(add, w, w[1:]):
+            stats[pair] += f
+            where[pair].append(i)
+    return words, freqs, stats, where
+
+
 def learn_merges(chunk_counts: Mapping[str, int], n_merges: int, verbose: bool = False) -> dict[tuple[int, int], int]:
     """Learn up to n_merges BPE merges from chunk -> count; returns {pair: new id} in merge order.
 
@@ -110,20 +130,7 @@ def learn_merges(chunk_counts: Mapping[str, int], n_merges: int, verbose: bool =
     merge touches, and the best pair comes from a heap. Ties go to the smallest pair (a, b), so the result
     does not depend on hash seeds or chunk order. Stops early when no pair is left.
     """
-    # A chunk is kept as a str whose code points are its token ids, and a pair as a 2-character str: then
-    # str.find and str.replace (left to right, non-overlapping, exactly BPE's merge) run in C.
-    words: list[str] = []
-    freqs: list[int] = []
-    for chunk, count in chunk_counts.items():
-        if len(b := to_utf8(chunk)) > 1:  # a single byte has no pair
-            words.append(b.decode("latin-1"))  # code point k = byte k
-            freqs.append(count)
-    stats: dict[str, int] = defaultdict(int)  # pair -> occurrences weighted by chunk count
-    where: dict[str, list[int]] = defaultdict(list)  # pair -> chunks that had it (may be stale)
-    for i, (w, f) in enumerate(zip(words, freqs)):
-        for pair in map(add, w, w[1:]):
-            stats[pair] += f
-            where[pair].append(i)
+    words, freqs, stats, where = _pair_index(chunk_counts)
     # Lazy max-heap of (-count, pair), at most one entry per pair, so the pop order (and the result) does not
     # depend on the order of pushes. A merge only ever lowers the count of an existing pair (every new pair
     # contains the new id), so a popped entry whose count went stale is pushed back with the real count.

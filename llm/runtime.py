@@ -33,8 +33,7 @@ def pick_device(name: str) -> torch.device:
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     """auto: bf16 autocast on GPUs that have it, fp16 (with a grad scaler) on older ones, fp32 on CPU and MPS.
 
-    bf16 autocast on a CPU without native bf16 matmul is slower than fp32 (measured here), so CPU stays fp32
-    unless asked.
+    bf16 autocast on a CPU without native bf16 matmul is slower than fp32, so CPU stays fp32 unless asked.
     """
     if name == "auto":
         if device.type == "cuda":

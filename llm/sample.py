@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import codecs
 import math
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import InitVar, dataclass
 
 import torch
 from torch import nn
@@ -37,9 +37,9 @@ from llm.decode import KVCache, make_step
 @dataclass(frozen=True)
 class Knob:
     """One numeric sampling setting, declared once: the CLI flags (llm/generate.py), the app's sliders and every
-    range check are made from it. `low`..`high` is the valid range (`low` itself excluded when low_open); `note`
-    says what a special value means; `step` and `slider` are how a slider shows it (slider: its ends, where
-    the valid range is open or too wide to drag)."""
+    range check are made from it. `low`..`high` is the valid range (`low` itself excluded when low_open); `off` is
+    the value that turns the rule off, and `note` what a special value means (default: "<off> = off"); `step`
+    and `slider` are how a slider shows it (slider: its ends, where the valid range is open or too wide)."""
 
     name: str  # the SampleConfig field
     label: str  # the same for people
@@ -47,10 +47,15 @@ class Knob:
     high: float = math.inf
     integer: bool = False
     low_open: bool = False
+    off: float | None = None
     note: str = ""
     help: str = ""
     step: float = 1
     slider: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.note and self.off is not None:
+            object.__setattr__(self, "note", f"{self.off:g} = off")
 
     def check(self, value: object, low: float | None = None, high: float | None = None,
               for_people: bool = False) -> int | float:
@@ -59,11 +64,10 @@ class Knob:
         or for people (the label)."""
         low_open = self.low_open and low is None
         low, high = self.low if low is None else low, self.high if high is None else high
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-        if ok and self.integer:
-            ok = math.isfinite(value) and float(value).is_integer() and (for_people or isinstance(value, int))
-        if ok and not (low < value if low_open else low <= value) or ok and not value <= high:
-            ok = False
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and isinstance(value, float):  # never nan or inf; for an integer knob, a whole float from a slider
+            ok = math.isfinite(value) and (not self.integer or for_people and value.is_integer())
+        ok = ok and (low < value if low_open else low <= value) and value <= high
         if not ok:
             raise SettingError(self._people_words(value, low, high, low_open) if for_people
                                else self._words(value, low, high, low_open))
@@ -89,22 +93,22 @@ KNOBS = (
     Knob("max_new_tokens", "max new tokens", 1, integer=True, help="tokens to generate at most"),
     Knob("temperature", "temperature", 0, note="0 = greedy", step=0.05,
          help="below 1 sharpens the distribution, above 1 flattens it"),
-    Knob("top_k", "top-k", 0, integer=True, note="0 = off", slider=(0, 200),
+    Knob("top_k", "top-k", 0, integer=True, off=0, slider=(0, 200),
          help="sample among the k most likely tokens only; above the vocabulary it is clamped"),
-    Knob("top_p", "top-p", 0, 1, low_open=True, note="1 = off", step=0.05, slider=(0.05, 1),
+    Knob("top_p", "top-p", 0, 1, low_open=True, off=1, step=0.05, slider=(0.05, 1),
          help="sample among the fewest tokens whose probabilities add up to p"),
-    Knob("min_p", "min-p", 0, 1, note="0 = off", step=0.01, slider=(0, 0.5),
+    Knob("min_p", "min-p", 0, 1, off=0, step=0.01, slider=(0, 0.5),
          help="drop tokens less likely than min_p times the most likely one"),
-    Knob("repetition_penalty", "repetition penalty", 0, low_open=True, note="1 = off", step=0.05,
+    Knob("repetition_penalty", "repetition penalty", 0, low_open=True, off=1, step=0.05,
          help="above 1 discourages tokens already in the context (CTRL)"),
 )
-KNOB = {k.name: k for k in KNOBS}
 
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """How to sample. Checked when made (SettingError naming the field and its range), so the functions that
-    take one never check it again; frozen, so it stays as checked."""
+    """How to sample. Checked when made, and only then (frozen, so it stays as checked): a SettingError names
+    the field and its range. A front end passes its own narrower `ranges` ({field: (low, high)}, None = the
+    knob's own) and `for_people` for its words; an integer knob then also takes a whole float (a slider's 3.0)."""
 
     max_new_tokens: int = 256
     temperature: float = 0.8
@@ -117,10 +121,13 @@ class SampleConfig:
     num_samples: int = 1
     num_alternatives: int = 5
     use_kv_cache: bool = True
+    ranges: InitVar[Mapping[str, tuple[float | None, float | None]] | None] = None
+    for_people: InitVar[bool] = False
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, ranges, for_people) -> None:
         for knob in KNOBS:
-            knob.check(getattr(self, knob.name))
+            low, high = (ranges or {}).get(knob.name, (None, None))
+            object.__setattr__(self, knob.name, knob.check(getattr(self, knob.name), low, high, for_people))
         _COUNTS[0].check(self.num_samples)
         _COUNTS[1].check(self.num_alternatives)
         if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):

@@ -36,7 +36,7 @@ VERSION = 1  # of the JSON file
 _INF = float("inf")  # rank of a pair that has no merge
 _CACHE_LIMIT = 1 << 18  # chunks kept by the encode cache before it is cleared (~50 MB)
 _PARALLEL_MIN_CHARS = 1 << 23  # below this, encode_batch(num_workers=None) stays in this process: forking,
-# cold worker caches and sending ids back cost about what 2 workers save on 1 MB (measured on 2 cores)
+# cold worker caches and sending ids back cost about what the workers save (bench/README.md, Tokenizer)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,10 +1,15 @@
 """The training loop: from a text corpus to best/ and last/ checkpoints, resumable bit for bit on CPU.
 
-    train(model_config, train_config, resume=False) -> summary dict
+    train(model_config, train_config, resume=False) -> summary dict: the loop, over these named steps:
+    start_run(...) -> Run          a new run, or the one saved in OUT/last (resume)
+    train_step(run)                one optimisation step
+    evaluate(run, save)            the losses and a sample; saves last/ and, when better, best/
+    save_run(run, kind)            OUT/best or OUT/last as the run is now
 
-Everything a run needs to continue exactly lives in OUT/last/train_state.pt: step, optimizer state and the RNG
-states of torch (dropout), python, numpy and the batch generator. Evaluation draws its batches from a generator
-seeded afresh each time, so it never disturbs training's randomness and every eval sees the same batches.
+The run's mutable state is one dataclass, RunState. OUT/last/train_state.pt holds it, with the optimizer state
+and the RNG states of torch (dropout), python, numpy and the batch generator, so a resumed run continues exactly.
+Evaluation draws its batches from a generator seeded afresh each time, so it never disturbs training's
+randomness and every eval sees the same batches. Errors name settings by field (`lr`); train_cli.py shows flags.
 """
 
 from __future__ import annotations
