@@ -16,6 +16,7 @@ try:  # ZeroGPU on Hugging Face Spaces: `spaces` must be imported before anythin
 except ImportError:
     spaces = None
 
+import inspect
 import json
 import os
 import sys
@@ -49,6 +50,10 @@ ATTENTION_TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?"
 SEED = Knob("seed", "seed", -1, 2**32 - 1, integer=True, note="-1 = random")
 SETTINGS = [k.name for k in KNOBS] + ["seed", "stop"]  # the Generate tab's controls after the prompt, in order
 DEFAULTS = {**{k.name: getattr(SampleConfig(), k.name) for k in KNOBS}, "max_new_tokens": 200, "seed": -1, "stop": ""}
+# Playground.generate's signature, made from SETTINGS: Gradio names the API's parameters after it
+GENERATE_SIGNATURE = inspect.Signature(
+    [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in ("self", "prompt")]
+    + [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=DEFAULTS[n]) for n in SETTINGS])
 
 
 @dataclass
@@ -181,11 +186,15 @@ class Playground:
             raise fail(str(e)) from None
         return ids[cropped:], cropped
 
-    def generate(self, prompt: str, *values, **named) -> Iterator[tuple[str, str, viz.TokenRun]]:
-        """Stream (prompt + text so far, stats line, the token view's run) as tokens arrive. The settings come
-        in SETTINGS order or by name; those not given take DEFAULTS."""
-        prompt = check_text("the prompt", prompt, self.limits.prompt_chars)
-        cfg = self.sample_config({**DEFAULTS, **dict(zip(SETTINGS, values)), **named})
+    def generate(self, *args, **kwargs) -> Iterator[tuple[str, str, viz.TokenRun]]:
+        """generate(prompt, max_new_tokens=200, temperature=0.8, ..., seed=-1, stop=""): the settings in SETTINGS
+        order or by name (GENERATE_SIGNATURE). Streams (prompt + text so far, stats line, the token view's run)
+        as tokens arrive."""
+        bound = GENERATE_SIGNATURE.bind(self, *args, **kwargs)  # TypeError for a missing prompt or an unknown name
+        bound.apply_defaults()
+        settings = {k: v for k, v in bound.arguments.items() if k != "self"}
+        prompt = check_text("the prompt", settings.pop("prompt"), self.limits.prompt_chars)
+        cfg = self.sample_config(settings)
         ids, cropped = self._prompt_ids(prompt)
         run = viz.TokenRun.of_prompt(ids)
         text, n, reason, first = prompt, 0, "length", None
@@ -209,6 +218,8 @@ class Playground:
         finally:
             events.close()
         yield text, viz.stats_markdown(n, time.perf_counter() - t0, first, reason, cropped), run
+
+    generate.__signature__ = GENERATE_SIGNATURE
 
     def show_tokens(self, run: viz.TokenRun | None, prompt: str, color_by: str):
         """The Tokens tab: the last run (or the prompt alone) as coloured tokens, and a summary line."""

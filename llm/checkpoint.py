@@ -171,13 +171,13 @@ def metric_rows(rows: list[dict], kind: str) -> list[dict]:
     return [r for r in rows if r.get("kind", "eval") == kind]
 
 
-def metric_points(rows: list[dict], kind: str, key: str) -> list[tuple[float, float]]:
+def metric_points(rows: list[dict], kind: str, key: str) -> list[tuple[int | float, float]]:
     """(step, value) of `key` in the rows of one kind, sorted by step; missing and non-finite values left out."""
     out = []
     for r in metric_rows(rows, kind):
         v, s = r.get(key), r.get("step")
         if isinstance(v, (int, float)) and isinstance(s, (int, float)) and math.isfinite(v):
-            out.append((float(s), float(v)))
+            out.append((s, float(v)))
     return sorted(out)
 
 
@@ -211,25 +211,34 @@ def resolve(path: str | Path) -> Path:
 
 def read_config_dict(path: str | Path) -> dict:
     """config.json as stored: {"version", "model": ModelConfig fields, "train": TrainConfig fields}."""
-    d = resolve(path)
+    return _config_dict(resolve(path))
+
+
+def read_config(path: str | Path) -> tuple[ModelConfig, dict]:
+    """The model config and the training config dict stored in a checkpoint."""
+    return _config(resolve(path))
+
+
+def read_meta(path: str | Path) -> dict:
+    return _meta(resolve(path))
+
+
+def _config_dict(d: Path) -> dict:
     cfg = _read_json(d / CONFIG)
     if cfg.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"{d / CONFIG}: format version {cfg.get('version')!r}, this code reads {FORMAT_VERSION}")
     return cfg
 
 
-def read_config(path: str | Path) -> tuple[ModelConfig, dict]:
-    """The model config and the training config dict stored in a checkpoint."""
-    d = resolve(path)
-    cfg = read_config_dict(d)
+def _config(d: Path) -> tuple[ModelConfig, dict]:
+    cfg = _config_dict(d)
     try:
         return from_dict(ModelConfig, cfg.get("model", {})), cfg.get("train", {}) or {}
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{d / CONFIG}: {e}") from None
 
 
-def read_meta(path: str | Path) -> dict:
-    d = resolve(path)
+def _meta(d: Path) -> dict:
     return _read_json(d / META) if (d / META).exists() else {}
 
 
@@ -240,8 +249,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     tokenizer does not fit the model's vocabulary or whose tensors do not match the config. meta["path"] is the
     directory it was loaded from.
     """
-    d = resolve(path)
-    config, _ = read_config(d)
+    d = resolve(path)  # once: the readers below take the directory as found
+    config, _ = _config(d)
     try:
         tokenizer = load_tokenizer(d / TOKENIZER)
     except FileNotFoundError:
@@ -253,7 +262,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
                               f"{config.vocab_size}")
     model = GPT(config)
     load_weights(model, d / WEIGHTS)
-    meta = read_meta(d)
+    meta = _meta(d)
     meta["path"] = str(d)
     return model.to(device).eval(), tokenizer, meta
 

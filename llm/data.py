@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from llm.checkpoint import TRAIN_BIN, VAL_BIN, read_data_info, write_data_info
-from llm.config import SettingError
+from llm.config import FieldNames
 
 BUILTIN_CORPORA = {
     "tiny_shakespeare": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
@@ -31,7 +31,7 @@ BIN_VERSION = 1
 HEADER_BYTES = 32  # magic, version (u4), itemsize (u4), count (u8), padding: keeps the ids 32-byte aligned
 
 
-class DataError(SettingError):
+class DataError(FieldNames, ValueError):
     """Bad corpus or data file; the message is one line meant for the user (settings marked as in SettingError)."""
 
 

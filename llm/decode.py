@@ -19,7 +19,7 @@ from torch import nn
 
 from llm.model import GPT, RMSNorm, apply_rope, mlp_activation, unit_norm
 
-Step = Callable[[torch.Tensor, "KVCache"], torch.Tensor]
+StepFn = Callable[[torch.Tensor, "KVCache"], torch.Tensor]  # (idx (B, 1), cache) -> logits (B, V)
 
 
 class KVCache:
@@ -70,7 +70,7 @@ class KVCache:
         self.pos = 0
 
 
-def make_step(model: nn.Module) -> Step:
+def make_step(model: nn.Module) -> StepFn:
     """The one-token step a sampler runs: the lean decoder for a GPT, else forward. A model with forward hooks
     anywhere in it gets forward too: the decoder makes no module calls, so it would skip them."""
     hooked = any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
@@ -96,7 +96,7 @@ def _linear(m: nn.Linear, gain: torch.Tensor | None = None) -> Callable[[torch.T
     return lambda x: torch.addmm(b, x, w_t)
 
 
-def decoder(model: GPT) -> Step:
+def decoder(model: GPT) -> StepFn:
     """A one-token step over a copy of the weights as they are now: step(idx, kv_cache) takes idx (B, 1) after
     kv_cache.pos cached positions, extends the cache by one and returns logits (B, V), equal to
     forward(idx, kv_cache=kv_cache)[0][:, -1] up to float rounding (tested for every variant). Make a new one

@@ -34,7 +34,7 @@ from llm.checkpoint import (CONFIG, METRICS, MODEL_FILES, CheckpointError, __ver
                             resolve)
 from llm.cli import ArgumentParser, as_flags
 from llm.config import FieldNames
-from llm.sample import sample_text
+from llm.sample import SAMPLE_TEXT_SETTINGS, sample_text
 
 ENV_CHECKPOINT = "SCRATCHGPT_CHECKPOINT"  # the model a Space (or any app.py run) loads when no --checkpoint is given
 CARD = "README.md"
@@ -110,6 +110,11 @@ def _cache_dir() -> str:
     return os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
 
 
+def _foreign(e: BaseException) -> str:
+    """huggingface_hub's first line of an error, its backticks made quotes: in a HubError, `name` marks a field."""
+    return str(e).splitlines()[0].replace("`", "'") if str(e) else ""
+
+
 @contextmanager
 def _hub_errors(what: str):
     """Turn huggingface_hub's exceptions into one-line HubErrors."""
@@ -120,7 +125,7 @@ def _hub_errors(what: str):
     except LocalTokenNotFoundError:
         raise HubError(f"{what}: not logged in to Hugging Face: run `hf auth login` or set HF_TOKEN") from None
     except HFValidationError as e:
-        raise HubError(f"{what}: {e}") from None
+        raise HubError(f"{what}: {_foreign(e)}") from None
     except GatedRepoError:
         raise HubError(f"{what}: the repo is gated: request access on its page and log in") from None
     except RepositoryNotFoundError:
@@ -131,9 +136,9 @@ def _hub_errors(what: str):
     except HfHubHTTPError as e:
         status = getattr(getattr(e, "response", None), "status_code", None)
         hint = " (check that your token has write access)" if status in (401, 403) else ""
-        raise HubError(f"{what}: {str(e).splitlines()[0]}{hint}") from None
+        raise HubError(f"{what}: {_foreign(e)}{hint}") from None
     except OSError as e:  # connection errors, disk full, ...
-        raise HubError(f"{what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise HubError(f"{what}: {type(e).__name__}: {_foreign(e)}") from None
 
 
 # -----------------------------------------------------------------------------
@@ -208,7 +213,8 @@ def stage_checkpoint(path: str | os.PathLike, dest: str | os.PathLike, repo_id: 
     if sample_tokens > 0:  # generated from the weights being published (this also proves they load)
         model, tokenizer, _ = load_checkpoint(ckpt)
         sample = sample_text(model, tokenizer, sample_tokens, seed=0)
-        settings = f"temperature 0.8, top-k 50, seed 0, {sample_tokens} tokens at most"
+        settings = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in SAMPLE_TEXT_SETTINGS.items())
+        settings += f", seed 0, {sample_tokens} tokens at most"
     else:  # fall back on the sample logged at the last evaluation, if any
         sample = next((r["sample"] for r in reversed(rows) if r.get("sample")), None)
         settings = "logged during training" if sample else ""

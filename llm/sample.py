@@ -83,8 +83,11 @@ class Knob:
 
     def _people_words(self, value: object, low: float, high: float, low_open: bool) -> str:
         kind = "a whole number" if self.integer else "a number"
-        lo, hi = (int(low), int(high)) if self.integer else (f"{low:g}", f"{high:g}")
-        span = f"above {lo} and at most {hi}" if low_open else f"from {lo} to {hi}"
+        lo, hi = (f"{low:.0f}", f"{high:.0f}") if self.integer else (f"{low:g}", f"{high:g}")
+        if high == math.inf:
+            span = f"above {lo}" if low_open else f"of at least {lo}"
+        else:
+            span = f"above {lo} and at most {hi}" if low_open else f"from {lo} to {hi}"
         return f"{self.label} must be {kind} {span}{f' ({self.note})' if self.note else ''}; got {value!r}"
 
 
@@ -417,12 +420,16 @@ def generate(model: nn.Module, tokenizer, prompt: str | Sequence[int],
         steps.close()
 
 
+SAMPLE_TEXT_SETTINGS = {"temperature": 0.8, "top_k": 50}
+
+
 def sample_text(model: nn.Module, tokenizer, max_new_tokens: int, seed: int, prompt: str = "") -> str:
-    """A short sample in eval mode (the model's mode is restored): what a training log and a model card show."""
+    """A short sample in eval mode (the model's mode is restored), with SAMPLE_TEXT_SETTINGS: what a training
+    log and a model card show."""
     was_training = model.training
     model.eval()
     try:
-        cfg = SampleConfig(max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, seed=seed)
+        cfg = SampleConfig(max_new_tokens=max_new_tokens, seed=seed, **SAMPLE_TEXT_SETTINGS)
         return "".join(e.text for e in generate(model, tokenizer, prompt, cfg))
     finally:
         model.train(was_training)

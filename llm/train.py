@@ -4,7 +4,7 @@
     start_run(...) -> Run          a new run, or the one saved in OUT/last (resume)
     train_step(run)                one optimisation step
     evaluate(run, save)            the losses and a sample; saves last/ and, when better, best/
-    save_run(run, kind)            OUT/best or OUT/last as the run is now
+    save_run(run, kind, ...)       OUT/best or OUT/last as the run is now
 
 The run's mutable state is one dataclass, RunState. OUT/last/train_state.pt holds it, with the optimizer state
 and the RNG states of torch (dropout), python, numpy and the batch generator, so a resumed run continues exactly.

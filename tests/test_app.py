@@ -382,6 +382,18 @@ def test_api_generate_streams(served):
     assert text.startswith("KING:") and len(text) > len("KING:") and "**40 tokens**" in stats
 
 
+def test_api_generate_takes_settings_by_name(served):
+    """The API's parameters are named after the settings (Gradio reads them off the handler's signature)."""
+    _, client = served
+    params = [p["parameter_name"] for p in client.view_api(print_info=False, return_format="dict")
+              ["named_endpoints"]["/generate"]["parameters"]]
+    assert params == ["prompt", *app.SETTINGS]
+    text, stats = client.predict("KING:", max_new_tokens=4, seed=2, api_name="/generate")
+    assert "**4 tokens**" in stats
+    with pytest.raises(TypeError, match="temprature"):
+        next(app.Playground.generate(None, "KING:", temprature=0.5))
+
+
 def test_api_tokenize_round_trips(served, pg):
     _, client = served
     text = "What authority surfeits on 🍞?\n"

@@ -1,6 +1,6 @@
 """The code's shape, read from the sources with ast: imports go one way down the stack (no cycles, imports inside
 functions and under TYPE_CHECKING included), the model file stays pure computation, and no function or file
-outgrows a screen or a chapter (STYLE.md)."""
+outgrows a screen (60 lines) or a chapter (500 lines)."""
 
 import ast
 from pathlib import Path
