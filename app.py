@@ -49,7 +49,8 @@ EXPLORER_TEXT = "First Citizen:\nWe are accounted poor citizens, the patricians 
 ATTENTION_TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?"
 SEED = Knob("seed", "seed", -1, 2**32 - 1, integer=True, note="-1 = random")
 SETTINGS = [k.name for k in KNOBS] + ["seed", "stop"]  # the Generate tab's controls after the prompt, in order
-DEFAULTS = {**{k.name: getattr(SampleConfig(), k.name) for k in KNOBS}, "max_new_tokens": 200, "seed": -1, "stop": ""}
+DEFAULTS = {**{k.name: getattr(SampleConfig(), k.name) for k in KNOBS}, "max_new_tokens": 200, "seed": -1,
+            "stop": ""}
 # Playground.generate's signature, made from SETTINGS: Gradio names the API's parameters after it
 GENERATE_SIGNATURE = inspect.Signature(
     [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in ("self", "prompt")]
@@ -226,7 +227,8 @@ class Playground:
         if color_by not in ("probability", "id"):
             raise fail("colour by must be 'probability' or 'id'")
         if not run:
-            run = viz.TokenRun.of_prompt(self._prompt_ids(check_text("the prompt", prompt, self.limits.prompt_chars))[0])
+            ids, _ = self._prompt_ids(check_text("the prompt", prompt, self.limits.prompt_chars))
+            run = viz.TokenRun.of_prompt(ids)
         run.score_prompt(self.model, self.vocab_size)
         value, colors = viz.highlight(viz.token_spans(self.tokenizer, *run.shown(), color_by))
         return gr.update(value=value, color_map=colors), viz.tokens_summary(run, color_by), run

@@ -116,9 +116,9 @@ def prepare(texts: list[str], tokenizer, out_dir: str | Path, val_frac: float = 
     key = h.hexdigest()
 
     info = read_data_info(out_dir)
-    if info.get("key") == key and (out_dir / TRAIN_BIN).exists() and (out_dir / VAL_BIN).exists():
-        if min(info["train_tokens"], info["val_tokens"]) >= min_tokens:
-            return info
+    if (info.get("key") == key and (out_dir / TRAIN_BIN).exists() and (out_dir / VAL_BIN).exists()
+            and min(info["train_tokens"], info["val_tokens"]) >= min_tokens):
+        return info
 
     eot = getattr(tokenizer, "eot_id", None)
     ids: list[int] = []
