@@ -73,37 +73,65 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def read_config_file(path: str) -> dict:
-    """Flat settings from a JSON or YAML file (a checkpoint's nested config.json works too)."""
+MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}  # the tokenizer gives vocab_size
+TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+SECTIONS = {"model": MODEL_FIELDS | {"vocab_size"}, "train": TRAIN_FIELDS, "training": TRAIN_FIELDS}
+
+
+def parse_config_file(path: str) -> object:
+    """The JSON or YAML document of a --config file."""
     text = Path(path).read_text(encoding="utf-8")
     if path.endswith((".yaml", ".yml")):
         import yaml  # PyYAML comes with gradio
 
         try:
-            d = yaml.safe_load(text)
+            return yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    else:
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_config_file(path: str) -> dict:
+    """Flat settings from a --config file, in one of two layouts (README, "Settings files"): flat keys, or a
+    `model:` section and a `train:` (or `training:`) section, as in a checkpoint's config.json (whose "version"
+    is passed over). Every key is used or refused: ValueError naming it."""
+    d = parse_config_file(path)
     if not isinstance(d, dict):
         raise ValueError(f"{path}: expected a mapping of settings")
-    if "model" in d or "train" in d:
-        d = {**d.get("model", {}), **d.get("train", {})}
-    return {k.replace("-", "_"): v for k, v in d.items() if k not in ("version",)}
+    d = {str(k).replace("-", "_"): v for k, v in d.items()}
+    if not set(d) & set(SECTIONS):
+        return d  # flat: split_settings refuses what is no setting
+    if stray := [k for k in d if k not in SECTIONS and k != "version"]:
+        raise ValueError(f"{path}: {', '.join(stray)} beside the model/train sections: put each setting inside one")
+    if "train" in d and "training" in d:
+        raise ValueError(f"{path}: both a train and a training section: use one")
+    flat: dict = {}
+    for section, fields in SECTIONS.items():
+        body = d.get(section) or {}  # an empty YAML section is None
+        if not isinstance(body, dict):
+            raise ValueError(f"{path}: {section}: expected a mapping of settings")
+        for key, value in body.items():
+            name = str(key).replace("-", "_")
+            if name not in fields:
+                kind = ("a training setting" if name in TRAIN_FIELDS else "a model setting" if name in MODEL_FIELDS
+                        else "no setting")
+                raise ValueError(f"{path}: {section}.{key} is {kind}")
+            if name in flat and flat[name] != value:
+                raise ValueError(f"{path}: {name} is {flat[name]!r} in one section and {value!r} in another")
+            flat[name] = value
+    return flat
 
 
 def split_settings(settings: dict) -> tuple[dict, dict]:
     """Route flat settings to ModelConfig and TrainConfig fields; unknown names are an error."""
-    model_fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(settings) - model_fields - train_fields)
+    unknown = sorted(set(settings) - MODEL_FIELDS - TRAIN_FIELDS)
     if unknown:
         raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
-    return ({k: v for k, v in settings.items() if k in model_fields},
-            {k: v for k, v in settings.items() if k in train_fields})
+    return ({k: v for k, v in settings.items() if k in MODEL_FIELDS},
+            {k: v for k, v in settings.items() if k in TRAIN_FIELDS})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,9 +149,10 @@ def main(argv: list[str] | None = None) -> int:
             settings["corpus"] = (settings["corpus"],)
         if not settings.get("corpus") and not (args.resume and settings.get("out")):
             raise ValueError("--corpus is required (a text file, a URL, or tiny_shakespeare)")
+        # on --resume, the settings given (flags, --config, --preset alike) are checked against the checkpoint
+        model_given, train_given = split_settings(settings)
         if "out" not in settings:
             settings["out"] = str(Path("checkpoints") / _corpus_name(settings["corpus"][0]))
-        model_flags, train_flags = split_settings(flags)
         if args.push_to_hub:  # fail before training, not after it
             from llm.hub import check_can_push
 
@@ -133,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             model_kw, train_kw = split_settings(settings)
             model_cfg, train_cfg = from_dict(ModelConfig, model_kw), from_dict(TrainConfig, train_kw)
-        summary = train(model_cfg, train_cfg, resume=args.resume, model_overrides=model_flags,
-                        train_overrides=train_flags, overwrite=args.overwrite, progress=not args.no_progress)
+        summary = train(model_cfg, train_cfg, resume=args.resume, model_overrides=model_given,
+                        train_overrides=train_given, overwrite=args.overwrite, progress=not args.no_progress)
     except (ValueError, TrainingError, OSError) as e:
         print(f"train_cli.py: error: {as_flags(e)}", file=sys.stderr)
         return 1

@@ -13,11 +13,10 @@ from __future__ import annotations
 import math
 import re
 from html import escape
-from pathlib import PurePosixPath
 
 from huggingface_hub import ModelCardData
 
-from llm.checkpoint import metric_points, metric_rows
+from llm.checkpoint import corpus_names, metric_points, metric_rows
 
 LOSS_CURVE = "loss_curve.svg"
 # corpora the Hub also hosts as datasets, so the card can link them (front matter `datasets:`)
@@ -129,18 +128,6 @@ def loss_curve_svg(rows: list[dict], width: int = 640, height: int = 320, title:
 
 # -----------------------------------------------------------------------------
 # the model card
-
-def corpus_names(corpus: list[str] | tuple[str, ...] | str | None) -> list[str]:
-    """How the corpus is shown: built-in names and URLs as given, local files by their name only (a card
-    should not publish the trainer's home directory)."""
-    if isinstance(corpus, str):
-        corpus = [corpus]
-    names = []
-    for c in map(str, corpus or ()):
-        public = c in KNOWN_DATASETS or c.startswith(("http://", "https://"))
-        names.append(c if public else PurePosixPath(c.replace("\\", "/")).name)
-    return names
-
 
 def dataset_ids(corpus: list[str] | tuple[str, ...] | str | None) -> list[str]:
     """Hub dataset ids for the corpora known to be on the Hub (front matter `datasets:`)."""

@@ -14,12 +14,16 @@ previous checkpoint under `.NAME.old`, which `resolve` still finds, so there is 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
 import shutil
-from pathlib import Path
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -35,6 +39,7 @@ WEIGHTS, CONFIG, TOKENIZER, META, STATE = (
     "model.safetensors", "config.json", "tokenizer.json", "meta.json", "train_state.pt")
 MODEL_FILES = (WEIGHTS, CONFIG, TOKENIZER, META)  # what loading needs; train_state.pt is for resuming only
 METRICS, DATA_INFO, TRAIN_BIN, VAL_BIN = "metrics.jsonl", "data.json", "train.bin", "val.bin"
+LOCK = ".lock"  # held by the run that writes the directory
 CHECKPOINT_KINDS = ("best", "last")
 __version__ = "0.1.0"
 
@@ -62,10 +67,10 @@ def save_checkpoint(path: str | Path, model: GPT, tokenizer, train_config: Any =
         weights = {k: v.detach().to("cpu").contiguous() for k, v in _untied_state_dict(model).items()}
         save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
         train = to_dict(train_config) if hasattr(train_config, "__dataclass_fields__") else (train_config or {})
-        _write_json(tmp / CONFIG, {"version": FORMAT_VERSION, "model": to_dict(model.config), "train": train})
+        config = {"version": FORMAT_VERSION, "model": to_dict(model.config), "train": train}
+        _write_json(tmp / CONFIG, public_config(config))
         tokenizer.save(tmp / TOKENIZER)
-        meta = {"version": FORMAT_VERSION, **(meta or {}), "versions": _versions()}
-        _write_json(tmp / META, meta)
+        _write_json(tmp / META, public_meta({"version": FORMAT_VERSION, **(meta or {}), "versions": _versions()}))
         if train_state is not None:
             torch.save(train_state, tmp / STATE)
         for name, content in (extra_files or {}).items():
@@ -100,7 +105,10 @@ def _untied_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    """Written whole or not at all: a temporary file renamed over the old one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _fsync(path: Path) -> None:
@@ -121,9 +129,82 @@ def _versions() -> dict[str, str]:
     return {"scratchgpt": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
+def corpus_names(corpus: list[str] | tuple[str, ...] | str | None) -> list[str]:
+    """How a checkpoint records its corpus: URLs and built-in names as given, local files by their name only.
+    A checkpoint is made to be shared: it never holds the trainer's paths (resuming keeps those in
+    train_state.pt, which is never published)."""
+    if isinstance(corpus, str):
+        corpus = [corpus]
+    return [c if c.startswith(("http://", "https://")) else PurePosixPath(c.replace("\\", "/")).name
+            for c in map(str, corpus or ())]
+
+
+def public_config(config: dict) -> dict:
+    """config.json as it may be shared: the corpus by name, the output directory by its last part."""
+    train = dict(config.get("train") or {})
+    if "corpus" in train:
+        train["corpus"] = corpus_names(train["corpus"])
+    if train.get("out"):
+        train["out"] = PurePosixPath(str(train["out"]).replace("\\", "/")).name
+    return {**config, "train": train}
+
+
+def public_meta(meta: dict) -> dict:
+    """meta.json as it may be shared: the corpus by name."""
+    return {**meta, "corpus": corpus_names(meta["corpus"])} if "corpus" in meta else meta
+
+
 def has_checkpoints(out_dir: str | Path) -> bool:
     """True if a run directory holds a best/ or last/ checkpoint."""
     return any((Path(out_dir) / kind / CONFIG).exists() for kind in CHECKPOINT_KINDS)
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: str | Path) -> Iterator[None]:
+    """Hold OUT/.lock while a run writes OUT: a second run is refused, naming the process that holds it. The
+    operating system releases the lock when its process ends however it ends, so the lock of a killed run is
+    simply taken. Readers (the app, llm.generate) never need it. Directories made for the lock and left empty
+    (a run refused before writing anything) are removed again."""
+    out = Path(out_dir)
+    made = [d for d in (out, *out.parents) if not d.exists()]
+    out.mkdir(parents=True, exist_ok=True)
+    fd = _take_lock(out / LOCK)
+    try:
+        yield
+    finally:
+        (out / LOCK).unlink(missing_ok=True)  # while held: a run waiting on this file retries on the new one
+        os.close(fd)
+        for d in made:
+            try:
+                d.rmdir()
+            except OSError:
+                break
+
+
+def _take_lock(path: Path) -> int:
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks (Windows): runs are not kept apart
+        return os.open(os.devnull, os.O_RDONLY)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise CheckpointError(f"{path.parent} is in use by {holder}: wait for that run to end, or use another "
+                                  f"`out`") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # else the holder ended and removed this file while we waited: lock the new one
+            os.ftruncate(fd, 0)
+            os.write(fd, f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%H:%M:%S')}"
+                     .encode())
+            return fd
+        os.close(fd)
 
 
 # -----------------------------------------------------------------------------
@@ -268,7 +349,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
 
 
 def copy_model_files(path: str | Path, dest: str | Path) -> Path:
-    """Copy what loading a checkpoint needs (MODEL_FILES, not train_state.pt) into `dest`; returns the
+    """Copy what loading a checkpoint needs (MODEL_FILES, not train_state.pt) into `dest`, config.json and
+    meta.json as they may be shared (public_config, public_meta: an older checkpoint may hold paths); returns the
     checkpoint directory they came from."""
     d, dest = resolve(path), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -276,6 +358,8 @@ def copy_model_files(path: str | Path, dest: str | Path) -> Path:
         if not (d / name).is_file():
             raise CheckpointError(f"{d}: {name} is missing; not a complete checkpoint")
         shutil.copyfile(d / name, dest / name)
+    _write_json(dest / CONFIG, public_config(_config_dict(d)))
+    _write_json(dest / META, public_meta(_meta(d)))
     return d
 
 

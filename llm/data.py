@@ -15,12 +15,13 @@ import os
 import shutil
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from llm.checkpoint import TRAIN_BIN, VAL_BIN, read_data_info, write_data_info
+from llm.checkpoint import DATA_INFO, TRAIN_BIN, VAL_BIN, read_data_info, write_data_info
 from llm.config import FieldNames
 
 BUILTIN_CORPORA = {
@@ -53,6 +54,23 @@ def resolve_corpus(spec: str, cache: Path | None = None, timeout: float = 60.0) 
     if path.is_dir():
         raise DataError(f"corpus is a directory, not a text file: {spec}")
     return path
+
+
+def is_local(spec: str) -> bool:
+    """A corpus spec that names a file here (not a built-in name or a URL)."""
+    return not BUILTIN_CORPORA.get(spec, spec).startswith(("http://", "https://"))
+
+
+def corpus_from(out_dir: str | Path, specs: Sequence[str]) -> list[str]:
+    """Corpus specs as a run keeps them to resume: local files relative to its directory (so no absolute path
+    of this machine is stored), built-in names and URLs as they are."""
+    base = Path(out_dir).resolve()
+    return [os.path.relpath(Path(s).expanduser().resolve(), base) if is_local(s) else s for s in specs]
+
+
+def corpus_at(out_dir: str | Path, specs: Sequence[str]) -> tuple[str, ...]:
+    """corpus_from's specs back to usable ones, for a run in out_dir."""
+    return tuple(str(Path(out_dir) / s) if is_local(s) else s for s in specs)
 
 
 def _download(url: str, cache: Path, timeout: float, name: str | None = None) -> Path:
@@ -99,25 +117,29 @@ def read_corpus(specs: list[str], errors: str = "strict") -> tuple[list[str], li
 # -----------------------------------------------------------------------------
 # tokenized splits on disk
 
-def prepare(texts: list[str], tokenizer, out_dir: str | Path, val_frac: float = 0.1,
-            min_tokens: int = 2) -> dict:
-    """Tokenize once into OUT/train.bin and OUT/val.bin, reused while corpus, tokenizer and split are unchanged.
-
-    Documents are joined with the end-of-text token when the tokenizer has one. The last `val_frac` (in (0, 1),
-    checked by TrainConfig) of the token stream is validation. Returns the info dict saved as OUT/data.json
-    (token and byte counts for bits per byte).
-    """
-    out_dir = Path(out_dir)
+def data_key(texts: list[str], tokenizer, val_frac: float) -> str:
+    """What the token files of a run depend on: the texts, the tokenizer and the split (a sha256)."""
     h = hashlib.sha256()
     for t in texts:
         h.update(hashlib.sha256(t.encode("utf-8", "surrogatepass")).digest())
     h.update(tokenizer_fingerprint(tokenizer).encode())
     h.update(f"val_frac={val_frac}".encode())
-    key = h.hexdigest()
+    return h.hexdigest()
 
+
+def prepare(texts: list[str], tokenizer, out_dir: str | Path, val_frac: float = 0.1,
+            min_tokens: int = 2, key: str | None = None) -> dict:
+    """Tokenize once into OUT/train.bin and OUT/val.bin, reused while corpus, tokenizer and split are unchanged
+    (data.json's key, and the token files as long as it says).
+
+    Documents are joined with the end-of-text token when the tokenizer has one. The last `val_frac` (in (0, 1),
+    checked by TrainConfig) of the token stream is validation. Returns the info dict saved as OUT/data.json
+    (token and byte counts for bits per byte). `key`: data_key's, when the caller has it already.
+    """
+    out_dir = Path(out_dir)
+    key = key or data_key(texts, tokenizer, val_frac)
     info = read_data_info(out_dir)
-    if (info.get("key") == key and (out_dir / TRAIN_BIN).exists() and (out_dir / VAL_BIN).exists()
-            and min(info["train_tokens"], info["val_tokens"]) >= min_tokens):
+    if info.get("key") == key and _files_match(out_dir, info, min_tokens):
         return info
 
     eot = getattr(tokenizer, "eot_id", None)
@@ -133,6 +155,8 @@ def prepare(texts: list[str], tokenizer, out_dir: str | Path, val_frac: float = 
             raise DataError(f"the {name} split has {len(part)} tokens, fewer than block_size + 1 = {min_tokens}: "
                             f"use a longer corpus, a smaller `block_size`, or a different `val_frac`")
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: a corpus that fails the checks leaves nothing behind
+    # data.json goes first and comes back last: a run killed in between leaves no key vouching for the files
+    (out_dir / DATA_INFO).unlink(missing_ok=True)
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
     write_tokens(out_dir / TRAIN_BIN, np.asarray(train, dtype=dtype))
     write_tokens(out_dir / VAL_BIN, np.asarray(val, dtype=dtype))
@@ -141,6 +165,21 @@ def prepare(texts: list[str], tokenizer, out_dir: str | Path, val_frac: float = 
             "dtype": np.dtype(dtype).name}
     write_data_info(out_dir, info)
     return info
+
+
+def _files_match(out_dir: Path, info: dict, min_tokens: int) -> bool:
+    """The token files are what data.json describes: token counts (headers and sizes) and dtype agree."""
+    for split, name in (("train", TRAIN_BIN), ("val", VAL_BIN)):
+        count = info.get(f"{split}_tokens")
+        if not isinstance(count, int) or count < min_tokens:
+            return False
+        try:
+            data = load_split(out_dir / name)
+        except (DataError, OSError):
+            return False
+        if len(data) != count or data.dtype.itemsize != {"uint16": 2, "uint32": 4}.get(info.get("dtype")):
+            return False
+    return True
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from llm.checkpoint import (METRICS, TOKENIZER, TRAIN_BIN, VAL_BIN, WEIGHTS, CheckpointError, append_metrics,
-                            has_checkpoints, load_train_state, load_weights, read_config, read_meta, resolve,
-                            save_checkpoint, truncate_metrics)
+from llm.checkpoint import (DATA_INFO, METRICS, TOKENIZER, TRAIN_BIN, VAL_BIN, WEIGHTS, CheckpointError,
+                            append_metrics, has_checkpoints, load_train_state, load_weights, read_config,
+                            read_data_info, read_meta, resolve, run_lock, save_checkpoint, truncate_metrics)
 from llm.config import FieldNames, SettingError, from_dict
-from llm.data import get_batch, load_split, prepare, read_corpus
+from llm.data import corpus_at, corpus_from, data_key, get_batch, load_split, prepare, read_corpus
 from llm.model import GPT, ModelConfig
 from llm.optim import configure_optimizers, get_lr
 from llm.runtime import StopFlag, peak_flops, pick_device, pick_dtype, rng_state, set_rng_state
@@ -109,7 +109,8 @@ class TrainConfig:
 
 # settings that may change when a run is resumed; everything else must match the checkpoint
 RESUMABLE_CHANGES = {"max_steps", "time_budget", "eval_interval", "eval_iters", "log_interval", "sample_tokens",
-                     "device", "dtype", "compile", "out"}
+                     "device", "dtype", "compile", "out",
+                     "corpus"}  # moved or renamed files: start_run checks that the text is the run's
 
 
 class TrainingError(FieldNames, RuntimeError):
@@ -227,16 +228,18 @@ def build_tokenizer(texts: list[str], cfg: TrainConfig, verbose: bool = True,
 
 
 def check_resume(saved_model: ModelConfig, saved_train: TrainConfig, model_overrides: dict,
-                 train_overrides: dict) -> tuple[ModelConfig, TrainConfig]:
-    """Apply the settings a user gave to a resumed run; refuse those that conflict, listing them all."""
+                 train_overrides: dict) -> tuple[ModelConfig, TrainConfig, list[str]]:
+    """Apply the settings a user gave to a resumed run; refuse those that conflict, listing them all. Returns
+    the configs and a line per setting that changed."""
     diffs = [f"`{k}`: checkpoint has {getattr(saved_model, k)!r}, you gave {v!r}"
              for k, v in model_overrides.items() if k != "vocab_size" and getattr(saved_model, k) != v]
     diffs += [f"`{k}`: checkpoint has {getattr(saved_train, k)!r}, you gave {v!r}"
               for k, v in train_overrides.items() if k not in RESUMABLE_CHANGES and getattr(saved_train, k) != v]
     if diffs:
         raise TrainingError("`resume`: these settings conflict with the checkpoint: " + "; ".join(diffs))
-    changes = {k: v for k, v in train_overrides.items() if k in RESUMABLE_CHANGES}
-    return saved_model, dataclasses.replace(saved_train, **changes)
+    changes = {k: v for k, v in train_overrides.items() if k in RESUMABLE_CHANGES and getattr(saved_train, k) != v}
+    said = [f"`{k}` {v!r} (was {getattr(saved_train, k)!r})" for k, v in changes.items() if k != "out"]
+    return saved_model, dataclasses.replace(saved_train, **changes), said
 
 
 def _read_last(out: Path, model_overrides: dict, train_overrides: dict):
@@ -244,12 +247,27 @@ def _read_last(out: Path, model_overrides: dict, train_overrides: dict):
     try:
         last = resolve(out / "last")
         saved_model, saved_train = read_config(last)
-        model_cfg, cfg = check_resume(saved_model, from_dict(TrainConfig, saved_train), model_overrides,
-                                      train_overrides)
+        state = load_train_state(last)
+        if "corpus" in state:  # where the corpus was, relative to the run (config.json has its names only)
+            saved_train = {**saved_train, "corpus": corpus_at(out, state["corpus"])}
+        model_cfg, cfg, changed = check_resume(saved_model, from_dict(TrainConfig, saved_train), model_overrides,
+                                               train_overrides)
         cfg = dataclasses.replace(cfg, out=str(out))
-        return last, model_cfg, cfg, load_train_state(last), load_tokenizer(last / TOKENIZER)
+        return last, model_cfg, cfg, state, load_tokenizer(last / TOKENIZER), changed
     except CheckpointError as e:
         raise TrainingError(f"`resume`: {e}") from None
+
+
+def _check_same_text(out: Path, key: str, cfg: TrainConfig, log: Callable[[str], None]) -> None:
+    """On resume: the corpus must be the text the run was trained on (data.json keeps its key)."""
+    info = read_data_info(out)
+    if not info:
+        log(f"no {DATA_INFO} in {out}: the corpus is tokenized again, and cannot be checked to be the text this run "
+            "started on")
+    elif info.get("key") != key:
+        raise TrainingError(f"`resume`: the corpus ({', '.join(cfg.corpus)}) is not the text this run was trained "
+                            f"on (it changed since, or another file has its name): resuming would train on other "
+                            f"tokens. Restore it, or start a new run with another `out`")
 
 
 def start_run(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = False,
@@ -258,7 +276,10 @@ def start_run(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = Fa
     """Everything a training session needs: a new run in cfg.out, or the one saved in cfg.out/last (resume)."""
     out, saved = Path(cfg.out), None
     if resume:
-        last, model_cfg, cfg, saved, tokenizer = _read_last(out, model_overrides or {}, train_overrides or {})
+        last, model_cfg, cfg, saved, tokenizer, changed = _read_last(out, model_overrides or {},
+                                                                     train_overrides or {})
+        if changed:
+            log("resuming with " + "; ".join(changed).replace("`", ""))
     elif not overwrite and has_checkpoints(out):
         raise TrainingError(f"{out} already holds checkpoints: use `resume` to continue that run, "
                             f"`overwrite` to replace it, or `out` for a new directory")
@@ -276,7 +297,10 @@ def start_run(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = Fa
     if not resume:
         tokenizer = build_tokenizer(texts, cfg, verbose=progress, log=log)
     model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
-    info = prepare(texts, tokenizer, out, cfg.val_frac, min_tokens=model_cfg.block_size + 1)
+    key = data_key(texts, tokenizer, cfg.val_frac)
+    if resume:
+        _check_same_text(out, key, cfg, log)
+    info = prepare(texts, tokenizer, out, cfg.val_frac, min_tokens=model_cfg.block_size + 1, key=key)
     splits = {"train": load_split(out / TRAIN_BIN), "val": load_split(out / VAL_BIN)}
 
     model = GPT(model_cfg).to(device)
@@ -292,7 +316,7 @@ def start_run(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = Fa
         state = RunState(**{f.name: saved[f.name] for f in dataclasses.fields(RunState)})
         truncate_metrics(out, state.step)
         prior_wall = read_meta(last).get("wall_time", 0.0)
-    elif overwrite:
+    else:  # a new run starts a new log (an old one may be left from a run that saved nothing)
         (out / METRICS).unlink(missing_ok=True)
     use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
     return Run(cfg, model_cfg, state, tokenizer, splits, info["val_tokens"] / info["val_bytes"], model,
@@ -389,9 +413,9 @@ def save_run(run: Run, kind: str, val_loss: float | None, bpb: float | None) -> 
             "corpus": list(run.cfg.corpus), "device": str(device), "params": run.model.num_params(),
             "hardware": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type}
     train_state = None
-    if kind == "last":
+    if kind == "last":  # with where the corpus is, for resuming: config.json and meta.json keep names only
         train_state = {**dataclasses.asdict(s), "optimizers": [o.state_dict() for o in run.optimizers],
-                       "rng": rng_state(run.batch_gen)}
+                       "rng": rng_state(run.batch_gen), "corpus": corpus_from(run.out, run.cfg.corpus)}
     save_checkpoint(run.out / kind, run.model, run.tokenizer, run.cfg, meta, train_state)
 
 
@@ -406,7 +430,13 @@ def train(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = False,
     With resume=True the configs come from OUT/last; `model_overrides` / `train_overrides` are the settings the
     user gave explicitly, checked against it.
     """
-    run = start_run(model_cfg, cfg, resume, model_overrides, train_overrides, overwrite, progress, log)
+    with run_lock(cfg.out):
+        return train_loop(start_run(model_cfg, cfg, resume, model_overrides, train_overrides, overwrite, progress, log),
+                      progress)
+
+
+def train_loop(run: Run, progress: bool) -> dict:
+    """The loop: steps, logs and evaluations until the run is done or asked to stop; a summary of it."""
     cfg, state, stop = run.cfg, run.state, StopFlag()
     bar = tqdm(total=cfg.max_steps or None, initial=state.step, unit="step", disable=not progress, dynamic_ncols=True)
     bad_in_a_row, last_eval = 0, None
