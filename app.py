@@ -101,6 +101,8 @@ def check_number(knob: Knob, value, low: float | None = None, high: float | None
 def find_checkpoint(cli_value: str | None = None, cwd: str | os.PathLike = ".") -> str:
     """--checkpoint, else $SCRATCHGPT_CHECKPOINT, else the newest checkpoints/*/best (by mtime) under cwd,
     else the bundled assets/model/. CheckpointError (one line) when there is none."""
+    if cli_value is not None and not cli_value.strip():
+        raise CheckpointError("--checkpoint is empty: give a checkpoint directory or a Hub repo id USER/NAME")
     spec = default_checkpoint(cli_value)
     if spec:
         return spec
@@ -278,6 +280,8 @@ class Playground:
     def attention(self, text: str, layer, head: str) -> str:
         """Heatmap of one layer's attention (one head, or the mean over heads) for a short text."""
         text = check_text("the text", text, self.limits.prompt_chars)
+        if isinstance(layer, str) and layer.isdigit():  # the dropdown's choices are text, as the API shows them
+            layer = int(layer)
         layer = check_number(Knob("layer", "layer", 0, self.config.n_layer - 1, integer=True), layer)
         if head not in ["mean"] + [str(h) for h in range(self.config.n_head)]:
             raise fail(f"head must be 'mean' or a number from 0 to {self.config.n_head - 1}")
@@ -304,7 +308,7 @@ def knob_slider(knob: Knob, low: float | None, high: float | None, value: float)
     if knob.slider:
         lo, hi = knob.slider[0], min(knob.slider[1], hi)
     return gr.Slider(lo, hi, value, step=knob.step, label=knob.label[:1].upper() + knob.label[1:],
-                     info=knob.note or None, **(dict(precision=0) if knob.integer else {}))
+                     info=knob.note or None)  # no precision=0: Gradio's int() of a NaN is an error with no words
 
 
 def generate_tab(pg: Playground, run: gr.State) -> gr.Textbox:
@@ -324,7 +328,7 @@ def generate_tab(pg: Playground, run: gr.State) -> gr.Textbox:
                             api_name="load_example", **PRIVATE)
             with gr.Column(scale=2):
                 controls = [knob_slider(k, *ranges.get(k.name, (None, None)), DEFAULTS[k.name]) for k in KNOBS]
-                controls.append(gr.Number(DEFAULTS["seed"], label="Seed", info=SEED.note, precision=0,
+                controls.append(gr.Number(DEFAULTS["seed"], label="Seed", info=SEED.note, step=1,
                                           minimum=SEED.low))
                 controls.append(gr.Textbox(DEFAULTS["stop"], label="Stop strings", max_length=200,
                                            info=r"comma-separated; \n is a newline, e.g. \n\n"))
@@ -365,7 +369,7 @@ def tokenizer_tab(pg: Playground) -> None:
                                     "(click one for its merge tree)", elem_id="tokenizer-tokens")
         ids_box = gr.Textbox(ids0, label="Token ids", interactive=False, buttons=["copy"])
         with gr.Row():
-            token_id = gr.Number(None, label="Token id", precision=0, minimum=0, maximum=tok.vocab_size - 1,
+            token_id = gr.Number(None, label="Token id", step=1, minimum=0, maximum=tok.vocab_size - 1,
                                  scale=1)
             tree = gr.Code(None, label="Merge tree: how the token was built from bytes", language=None,
                            show_line_numbers=False, interactive=False, scale=3)
@@ -406,7 +410,7 @@ def model_tab(pg: Playground) -> None:
             attn_limit = min(lim.attention_tokens, cfg.block_size)
             attn_text = gr.Textbox(ATTENTION_TEXT, label=f"Short text (its first {attn_limit} tokens are shown)",
                                    scale=3, max_length=lim.prompt_chars)
-            layer = gr.Dropdown(list(range(cfg.n_layer)), value=0, label="Layer", scale=1)
+            layer = gr.Dropdown([str(i) for i in range(cfg.n_layer)], value="0", label="Layer", scale=1)
             head = gr.Dropdown(["mean"] + [str(h) for h in range(cfg.n_head)], value="mean", label="Head", scale=1)
         attn_btn = gr.Button("Show attention")
         heatmap = gr.HTML()

@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import os
+import pickle
 import platform
 import shutil
 import socket
@@ -28,6 +29,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from llm.config import from_dict, to_dict
@@ -40,6 +42,7 @@ WEIGHTS, CONFIG, TOKENIZER, META, STATE = (
 MODEL_FILES = (WEIGHTS, CONFIG, TOKENIZER, META)  # what loading needs; train_state.pt is for resuming only
 METRICS, DATA_INFO, TRAIN_BIN, VAL_BIN = "metrics.jsonl", "data.json", "train.bin", "val.bin"
 LOCK = ".lock"  # held by the run that writes the directory
+MAX_BLOCK_SIZE = 1 << 20  # a context longer than this is no model this code trains: a config asking for it is broken
 CHECKPOINT_KINDS = ("best", "last")
 __version__ = "0.1.0"
 
@@ -60,9 +63,8 @@ def save_checkpoint(path: str | Path, model: GPT, tokenizer, train_config: Any =
     tmp = path.parent / f".{path.name}.tmp"
     old = path.parent / f".{path.name}.old"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-
     try:
+        tmp.mkdir()
         model = getattr(model, "_orig_mod", model)  # torch.compile wraps the module
         weights = {k: v.detach().to("cpu").contiguous() for k, v in _untied_state_dict(model).items()}
         save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
@@ -79,6 +81,10 @@ def save_checkpoint(path: str | Path, model: GPT, tokenizer, train_config: Any =
             f.chmod(0o644)  # safetensors writes 0600; a checkpoint is meant to be shared
             _fsync(f)
         _fsync(tmp)
+    except (OSError, RuntimeError, SafetensorError) as e:  # a full disk, as torch and safetensors report it
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"{path}: could not save the checkpoint ({_first_line(e)}); the one saved before "
+                              "is kept") from None
     except BaseException:  # includes a second Ctrl-C: leave no partial directory behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -212,10 +218,20 @@ def _take_lock(path: Path) -> int:
 
 def append_metrics(out_dir: str | Path, row: dict) -> None:
     """One JSON object per line in OUT/metrics.jsonl (the app plots it)."""
-    with open(Path(out_dir) / METRICS, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    path = Path(out_dir) / METRICS
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise CheckpointError(f"{path}: could not write ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's own words, one line (torch's and safetensors' run over several)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def metrics_dir(ckpt: str | Path) -> Path | None:
@@ -230,11 +246,13 @@ def read_metrics(out_dir: str | Path) -> list[dict]:
     path = Path(out_dir) / METRICS
     rows = []
     if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(row, dict):  # what else a line holds is no row of ours
+                rows.append(row)
     return rows
 
 
@@ -242,7 +260,8 @@ def truncate_metrics(out_dir: str | Path, step: int) -> None:
     """Drop rows logged after `step` (on resume: a crash between an eval and the next save)."""
     path = Path(out_dir) / METRICS
     if path.exists():
-        keep = [json.dumps(r) for r in read_metrics(out_dir) if r.get("step", 0) <= step]
+        keep = [json.dumps(r) for r in read_metrics(out_dir)
+                if not isinstance(r.get("step"), (int, float)) or r["step"] <= step]
         path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
 
 
@@ -336,11 +355,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
         tokenizer = load_tokenizer(d / TOKENIZER)
     except FileNotFoundError:
         raise CheckpointError(f"{d}: {TOKENIZER} is missing") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{d / TOKENIZER}: {e}") from None
+    except (ValueError, OSError) as e:  # its messages name the file
+        raise CheckpointError(str(e)) from None
     if tokenizer.vocab_size > config.vocab_size:
         raise CheckpointError(f"{d}: tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
                               f"{config.vocab_size}")
+    check_sizes(d / WEIGHTS, config)
     model = GPT(config)
     load_weights(model, d / WEIGHTS)
     meta = _meta(d)
@@ -361,6 +381,32 @@ def copy_model_files(path: str | Path, dest: str | Path) -> Path:
     _write_json(dest / CONFIG, public_config(_config_dict(d)))
     _write_json(dest / META, public_meta(_meta(d)))
     return d
+
+
+def check_sizes(file: str | Path, config: ModelConfig) -> None:
+    """The config's sizes against the weights file's header, before a model is built: a config.json that does
+    not describe the weights, or asks for absurd sizes, is refused without allocating anything."""
+    file = Path(file)
+    if not file.is_file():
+        raise CheckpointError(f"{file.parent}: {file.name} is missing")
+    try:
+        with safe_open(str(file), "pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({_first_line(e)})") from None
+    c, problems = config, []
+    for name, expected in (("wte.weight", (c.vocab_size, c.n_embd)), ("wpe.weight", (c.block_size, c.n_embd))):
+        if name in shapes and shapes[name] != expected:
+            problems.append(f"{name}: shape {shapes[name]} in the file, {expected} in the config")
+    if "wte.weight" not in shapes:
+        problems.append("missing tensor wte.weight")
+    blocks = {k.split(".")[1] for k in shapes if k.startswith("h.")}
+    if len(blocks) != c.n_layer or not all(b.isdigit() and int(b) < c.n_layer for b in blocks):
+        problems.append(f"{len(blocks)} blocks in the file, n_layer {c.n_layer} in the config")
+    if c.block_size > MAX_BLOCK_SIZE:
+        problems.append(f"block_size {c.block_size:,} is beyond any model this code builds ({MAX_BLOCK_SIZE:,})")
+    if problems:
+        raise CheckpointError(f"{file}: does not match its config.json: {'; '.join(problems)}")
 
 
 def load_weights(model: GPT, file: str | Path) -> None:
@@ -384,13 +430,20 @@ def load_weights(model: GPT, file: str | Path) -> None:
 
 
 def load_train_state(path: str | Path) -> dict:
+    """last/train_state.pt, loaded with weights_only=True: tensors, numbers, strings and containers of them."""
     d = resolve(path)
     try:
-        return torch.load(d / STATE, weights_only=True)
+        state = torch.load(d / STATE, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{d}: no {STATE}; only a last/ checkpoint can be resumed") from None
-    except Exception as e:  # torch raises several types for a corrupt zip/pickle
-        raise CheckpointError(f"{d / STATE}: unreadable ({type(e).__name__}: {e})") from None
+    except pickle.UnpicklingError:  # what weights_only refuses: never offer to unpickle it anyway
+        raise CheckpointError(f"{d / STATE}: holds Python objects other than tensors and numbers; it is not "
+                              "loaded (unpickling it could run any code)") from None
+    except Exception as e:  # torch raises several types for a corrupt zip
+        raise CheckpointError(f"{d / STATE}: unreadable ({type(e).__name__}: {_first_line(e)})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{d / STATE}: expected a dict of the training state")
+    return state
 
 
 def _read_json(path: Path) -> dict:

@@ -85,7 +85,7 @@ def _text_hint(value: Any) -> str:
             float(value)
         except ValueError:
             return ""
-        return " (text, not a number: in YAML write 2e-3 as 2.0e-3, and numbers without quotes)"
+        return " (text, not a number: no quotes; YAML reads 2e-3 as text, 2.0e-3 as a number)"
     return ""
 
 

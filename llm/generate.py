@@ -59,15 +59,22 @@ def run_prompt(model, tokenizer, prompt: str, config: SampleConfig) -> None:
         out.write("\n")
 
 
+# what one command may ask for: more is no use on a terminal, and its buffers would not fit in memory
+LIMITS = {"max_new_tokens": (None, 100_000), "num_samples": (None, 64)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.prompt is None and not args.interactive:
         print("error: give --prompt TEXT or --interactive (see --help)", file=sys.stderr)
         return 2
+    if sys.stdout is None or sys.stdout.closed:  # started with its output closed (`>&-`): nowhere to write
+        print("error: standard output is closed: nowhere to write the text", file=sys.stderr)
+        return 1
     try:
         config = SampleConfig(**{k.name: getattr(args, k.name) for k in KNOBS}, seed=args.seed,
                               stop=tuple(parse_stop(s, separator=None)[0] for s in args.stop),
-                              num_samples=args.num_samples, use_kv_cache=not args.no_kv_cache)
+                              num_samples=args.num_samples, use_kv_cache=not args.no_kv_cache, ranges=LIMITS)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -77,6 +77,8 @@ class Knob:
         if high == math.inf:
             kind = "an integer" if self.integer else "a number"
             what = f"{kind} {'>' if low_open else '>='} {low:g}"
+        elif self.integer:
+            what = f"an integer {'>' if low_open else '>='} {low:.0f} and <= {high:.0f}"
         else:
             what = f"in {'(' if low_open else '['}{low:g}, {high:g}]"
         return f"`{self.name}` must be {what}{f' ({self.note})' if self.note else ''}, got {value!r}"
@@ -128,11 +130,9 @@ class SampleConfig:
     for_people: InitVar[bool] = False
 
     def __post_init__(self, ranges, for_people) -> None:
-        for knob in KNOBS:
+        for knob in (*KNOBS, *_COUNTS):
             low, high = (ranges or {}).get(knob.name, (None, None))
             object.__setattr__(self, knob.name, knob.check(getattr(self, knob.name), low, high, for_people))
-        _COUNTS[0].check(self.num_samples)
-        _COUNTS[1].check(self.num_alternatives)
         if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
             raise SettingError(f"`stop` must be a sequence of non-empty strings, got {self.stop!r}")
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
@@ -233,20 +233,63 @@ def generate_ids(
 
     logits are the model's raw scores the tokens were drawn from. vocab_size limits sampling to ids below it
     (a tokenizer smaller than the model's vocabulary). There is no EOS or stop handling here: the caller
-    closes the iterator when it has what it needs. The model is used as it is: call model.eval() first."""
+    closes the iterator when it has what it needs. The model is used as it is: call model.eval() first.
+    Non-finite scores (broken weights) end it with a ValueError saying so."""
     c = model.config
-    ids = list(prompt_ids)[-c.block_size :]  # crop: the caller reports len(prompt_ids) - block_size
-    if not ids:
-        raise ValueError("prompt is empty: give at least one token")
     V = min(vocab_size or c.vocab_size, c.vocab_size)
     B = config.num_samples
-    device = model.lm_head.weight.device
     keep = c.block_size - c.block_size // 4  # context kept when the window slides
+    buf, n, generator, seen = _start(model, prompt_ids, config, V)
+    start = 0  # the context window is buf[:, start:n]
+    cache = KVCache.for_model(model, B) if config.use_kv_cache else None
+    step_one = make_step(model) if cache is not None else None
 
-    buf = torch.empty(B, len(ids) + config.max_new_tokens, dtype=torch.long, device=device)  # every token
+    # One prefill for every sample: all rows share the prompt, the cache broadcasts it.
+    logits = model(buf[:1, :n], kv_cache=cache)[0][:, -1, :V].expand(B, V)  # (B, V)
+    try:
+        for step in range(config.max_new_tokens):
+            tokens = sample_next(logits, config, generator, seen)  # (B,)
+            buf[:, n] = tokens
+            n += 1
+            if seen is not None:
+                seen.scatter_(1, tokens[:, None], True)
+            yield tokens, logits
+            if step + 1 == config.max_new_tokens:
+                return
+            if n - start > c.block_size:  # window full: slide, and refill the cache from what is kept
+                start = n - keep
+                if cache is not None:
+                    cache.reset()
+            if cache is not None and cache.pos > 0:
+                logits = step_one(tokens.view(B, 1), cache)  # one token per step
+            else:
+                logits = model(buf[:, start:n], kv_cache=cache)[0][:, -1]  # (B, T): no cache, or a (re)fill
+            if logits.size(-1) != V:
+                logits = logits[:, :V]
+    except (RuntimeError, IndexError):  # an index out of range: what non-finite scores lead to; checked only then
+        if not torch.isfinite(logits).all():
+            raise ValueError(NON_FINITE) from None
+        raise
+
+
+NON_FINITE = ("the model's next-token scores are not finite (NaN or infinity): its weights are broken, as a "
+              "training run that diverged leaves them")
+
+
+def _start(model: nn.Module, prompt_ids: Sequence[int], config: SampleConfig,
+           V: int) -> tuple[torch.Tensor, int, torch.Generator, torch.Tensor | None]:
+    """generate_ids' buffers: (every token so far (B, prompt + max_new_tokens), how many, the seeded generator,
+    the tokens seen (B, V) for the repetition penalty or None). A prompt longer than block_size is cropped."""
+    ids = list(prompt_ids)[-model.config.block_size :]  # the caller reports len(prompt_ids) - block_size
+    if not ids:
+        raise ValueError("prompt is empty: give at least one token")
+    B, device = config.num_samples, model.lm_head.weight.device
+    try:
+        buf = torch.empty(B, len(ids) + config.max_new_tokens, dtype=torch.long, device=device)
+    except (RuntimeError, MemoryError):  # an allocator's refusal, in several words
+        raise ValueError(f"{B} samples x {config.max_new_tokens:,} new tokens are too many to hold in memory: "
+                         "ask for fewer") from None
     buf[:, : len(ids)] = torch.tensor(ids, dtype=torch.long, device=device)
-    n, start = len(ids), 0  # tokens in buf; the context window is buf[:, start:n]
-
     generator = torch.Generator(device=device)
     if config.seed is None:
         generator.seed()
@@ -256,30 +299,7 @@ def generate_ids(
     if config.repetition_penalty != 1.0:
         seen = torch.zeros(B, V, dtype=torch.bool, device=device)
         seen[:, [i for i in prompt_ids if 0 <= i < V]] = True
-    cache = KVCache.for_model(model, B) if config.use_kv_cache else None
-    step_one = make_step(model) if cache is not None else None
-
-    # One prefill for every sample: all rows share the prompt, the cache broadcasts it.
-    logits = model(buf[:1, :n], kv_cache=cache)[0][:, -1, :V].expand(B, V)  # (B, V)
-    for step in range(config.max_new_tokens):
-        tokens = sample_next(logits, config, generator, seen)  # (B,)
-        buf[:, n] = tokens
-        n += 1
-        if seen is not None:
-            seen.scatter_(1, tokens[:, None], True)
-        yield tokens, logits
-        if step + 1 == config.max_new_tokens:
-            return
-        if n - start > c.block_size:  # window full: slide, and refill the cache from what is kept
-            start = n - keep
-            if cache is not None:
-                cache.reset()
-        if cache is not None and cache.pos > 0:
-            logits = step_one(tokens.view(B, 1), cache)  # one token per step
-        else:
-            logits = model(buf[:, start:n], kv_cache=cache)[0][:, -1]  # (B, T): no cache, or a (re)fill
-        if logits.size(-1) != V:
-            logits = logits[:, :V]
+    return buf, len(ids), generator, seen
 
 
 # --- what the model thought ----------------------------------------------------------------------------------
@@ -396,8 +416,12 @@ def generate(model: nn.Module, tokenizer, prompt: str | Sequence[int],
     steps = generate_ids(model, ids, config, vocab_size=V)
     try:
         for index, (tokens, logits) in enumerate(steps):
-            token_probs, alt_ids, alt_probs, entropy = next_token_stats(logits, tokens, config.num_alternatives)
             tokens_l = tokens.tolist()
+            if max(tokens_l) >= V:  # a draw from NaN scores: sample_index's cdf never passes u
+                raise ValueError(NON_FINITE)
+            token_probs, alt_ids, alt_probs, entropy = next_token_stats(logits, tokens, config.num_alternatives)
+            if any(h != h for h in entropy):  # NaN: greedy picks a token from NaN scores without a word
+                raise ValueError(NON_FINITE)
             last_step = index + 1 == config.max_new_tokens
             for b in list(live):
                 stream, token_id = streams[b], tokens_l[b]

@@ -371,7 +371,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer | CharTokenizer:
     with open(path, encoding="utf-8") as f:
         try:
             d = json.load(f)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path} is not a tokenizer file: {e}") from None
     types = {"bpe": Tokenizer, "char": CharTokenizer}
     if not isinstance(d, dict) or d.get("type") not in types:
@@ -381,8 +381,9 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer | CharTokenizer:
         raise ValueError(f"{path}: tokenizer file version {d.get('version')!r}, this code reads version {VERSION}")
     try:
         return types[d["type"]].from_dict(d)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}: bad {d['type']} tokenizer file ({type(e).__name__}: {e})") from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, regex.error) as e:
+        why = str(e).splitlines()[0] if str(e) else ""  # a wrongly typed field, an invalid split pattern, ...
+        raise ValueError(f"{path}: bad {d['type']} tokenizer file ({type(e).__name__}: {why})") from None
 
 
 # process-pool workers for encode_batch

@@ -28,15 +28,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from llm.checkpoint import (DATA_INFO, METRICS, TOKENIZER, TRAIN_BIN, VAL_BIN, WEIGHTS, CheckpointError,
-                            append_metrics, has_checkpoints, load_train_state, load_weights, read_config,
+from llm.checkpoint import (DATA_INFO, METRICS, STATE, TOKENIZER, TRAIN_BIN, VAL_BIN, WEIGHTS, CheckpointError,
+                            append_metrics, check_sizes, has_checkpoints, load_train_state, load_weights, read_config,
                             read_data_info, read_meta, resolve, run_lock, save_checkpoint, truncate_metrics)
 from llm.config import FieldNames, SettingError, from_dict
 from llm.data import corpus_at, corpus_from, data_key, get_batch, load_split, prepare, read_corpus
 from llm.model import GPT, ModelConfig
 from llm.optim import configure_optimizers, get_lr
 from llm.runtime import StopFlag, peak_flops, pick_device, pick_dtype, rng_state, set_rng_state
-from llm.sample import sample_text
+from llm.sample import NON_FINITE, sample_text
 from llm.tokenizer import CharTokenizer, Tokenizer, load_tokenizer
 
 MAX_BAD_STEPS = 5  # non-finite losses in a row before a run gives up
@@ -134,8 +134,9 @@ def estimate_loss(model: GPT, splits: dict[str, np.ndarray], block_size: int, ba
         for k in range(eval_iters):
             x, y = get_batch(data, block_size, batch_size, gen, device)
             with autocast:
-                _, loss = model(x, y)
-            losses[k] = loss.float().item()
+                logits, loss = model(x, y)
+            # a finite loss can hide non-finite scores (one row of inf logits): such a model is not worth saving
+            losses[k] = loss.float().item() if torch.isfinite(logits).all() else math.nan
         out[name] = losses.mean().item()
     model.train(was_training)
     return out
@@ -248,6 +249,7 @@ def _read_last(out: Path, model_overrides: dict, train_overrides: dict):
         last = resolve(out / "last")
         saved_model, saved_train = read_config(last)
         state = load_train_state(last)
+        _check_saved_state(state, last)
         if "corpus" in state:  # where the corpus was, relative to the run (config.json has its names only)
             saved_train = {**saved_train, "corpus": corpus_at(out, state["corpus"])}
         model_cfg, cfg, changed = check_resume(saved_model, from_dict(TrainConfig, saved_train), model_overrides,
@@ -256,6 +258,15 @@ def _read_last(out: Path, model_overrides: dict, train_overrides: dict):
         return last, model_cfg, cfg, state, load_tokenizer(last / TOKENIZER), changed
     except CheckpointError as e:
         raise TrainingError(f"`resume`: {e}") from None
+
+
+def _check_saved_state(state: dict, last: Path) -> None:
+    """train_state.pt has what resuming reads: RunState's numbers, the optimizers' and the random states."""
+    wrong = [f.name for f in dataclasses.fields(RunState)
+             if not isinstance(state.get(f.name), (int, float)) or isinstance(state.get(f.name), bool)]
+    wrong += [k for k, kind in (("optimizers", list), ("rng", dict)) if not isinstance(state.get(k), kind)]
+    if wrong:
+        raise CheckpointError(f"{last / STATE}: missing or malformed: {', '.join(wrong)}")
 
 
 def _check_same_text(out: Path, key: str, cfg: TrainConfig, log: Callable[[str], None]) -> None:
@@ -303,6 +314,8 @@ def start_run(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = Fa
     info = prepare(texts, tokenizer, out, cfg.val_frac, min_tokens=model_cfg.block_size + 1, key=key)
     splits = {"train": load_split(out / TRAIN_BIN), "val": load_split(out / VAL_BIN)}
 
+    if saved is not None:
+        check_sizes(last / WEIGHTS, model_cfg)  # before building: a broken config.json could ask for any size
     model = GPT(model_cfg).to(device)
     optimizers = configure_optimizers(model, cfg.optimizer, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                       cfg.muon_lr, device.type)
@@ -310,9 +323,13 @@ def start_run(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = Fa
     state, prior_wall = RunState(), 0.0
     if saved is not None:
         load_weights(model, last / WEIGHTS)  # copies into the tensors already on `device`
-        for opt, sd in zip(optimizers, saved["optimizers"]):
-            opt.load_state_dict(sd)
-        set_rng_state(saved["rng"], batch_gen)
+        try:
+            for opt, sd in zip(optimizers, saved["optimizers"], strict=True):
+                opt.load_state_dict(sd)
+            set_rng_state(saved["rng"], batch_gen)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise TrainingError(f"`resume`: {last / STATE} does not fit this run ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else ''})") from None
         state = RunState(**{f.name: saved[f.name] for f in dataclasses.fields(RunState)})
         truncate_metrics(out, state.step)
         prior_wall = read_meta(last).get("wall_time", 0.0)
@@ -393,15 +410,25 @@ def evaluate(run: Run, save: bool) -> dict:
     improved = losses["val"] < state.best_val_loss
     if improved:
         state.best_val_loss = losses["val"]
-    if save and math.isfinite(losses["val"]):  # never save a run that is going wrong
+    # never save a run that is going wrong: a non-finite loss, weight, or score (the sample's decode steps see
+    # scores forward does not: huge weights overflow where the decoder folds the norms' gains in)
+    sound = math.isfinite(losses["val"]) and all(bool(p.isfinite().all()) for p in run.model.parameters())
+    if cfg.sample_tokens and sound:
+        try:
+            row["sample"] = sample_text(run.model, run.tokenizer, cfg.sample_tokens, cfg.seed, prompt="\n")
+        except ValueError as e:
+            if str(e) != NON_FINITE:
+                raise
+            sound = False
+    if save and sound:
         save_run(run, "last", losses["val"], bpb)  # last first: it carries best_val_loss, so a crash cannot lose track
         if improved:
             save_run(run, "best", losses["val"], bpb)
-    if cfg.sample_tokens:
-        row["sample"] = sample_text(run.model, run.tokenizer, cfg.sample_tokens, cfg.seed, prompt="\n")
     append_metrics(run.out, row)
-    run.log(f"step {state.step}: train {losses['train']:.4f}, val {losses['val']:.4f}, {bpb:.3f} bits/byte"
-            + (" (best)" if improved else "") + (f"\n{row['sample']}" if cfg.sample_tokens else ""))
+    note = ((" (best)" if improved else "") if save and sound else " (not saved: "
+            + ("the weights or the scores are not finite)" if not sound else "the last steps' loss was not finite)"))
+    run.log(f"step {state.step}: train {losses['train']:.4f}, val {losses['val']:.4f}, {bpb:.3f} bits/byte{note}"
+            + (f"\n{row['sample']}" if "sample" in row else ""))
     return row
 
 
@@ -447,9 +474,10 @@ def train_loop(run: Run, progress: bool) -> dict:
             bad_in_a_row = 0 if math.isfinite(loss) and math.isfinite(norm) else bad_in_a_row + 1
             if bad_in_a_row >= MAX_BAD_STEPS:
                 bar.close()
+                clip = " or `grad_clip` 1.0" if not 0 < cfg.grad_clip <= 1 else ""
                 raise TrainingError(f"the loss or gradient was not finite for {MAX_BAD_STEPS} steps in a row "
                                     f"(up to step {state.step}); stopped with the saved checkpoints untouched. "
-                                    f"Try a lower `lr` or `grad_clip` 1.0")
+                                    f"Try a lower `lr`{clip}")
             if state.step % cfg.log_interval == 0:
                 append_metrics(run.out, {"kind": "train", "step": state.step, "loss": loss, "grad_norm": norm,
                                          "lr": run.optimizers[0].param_groups[0]["lr"], "dt": dt})

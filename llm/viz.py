@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llm.checkpoint import metric_points, metric_rows
+from llm.checkpoint import corpus_names, metric_points, metric_rows
 from llm.sample import Step, next_token_stats
 
 GLYPHS = {" ": "·", "\t": "→", "\n": "↵\n", "\r": "␍"}  # the newline glyph keeps its line break
@@ -392,8 +392,8 @@ def summary_rows(meta: dict, train: dict | None = None, metrics: Sequence[dict] 
     if evals and evals[-1].get("train_loss") is not None:
         rows.append(["train loss (last eval)", _fmt(evals[-1]["train_loss"])])
     for key in ("corpus", "tokenizer", "vocab_size", "optimizer", "lr", "batch_size", "max_steps", "seed"):
-        if train and train.get(key) is not None:
-            rows.append([key.replace("_", " "), _fmt(train[key])])
+        if train and train.get(key) is not None:  # the corpus by name: an older checkpoint may hold its path
+            rows.append([key.replace("_", " "), _fmt(corpus_names(train[key]) if key == "corpus" else train[key])])
     return rows
 
 
@@ -441,11 +441,12 @@ def attention_html(labels: Sequence[str], weights: Sequence[Sequence[float]], ca
 def header_markdown(name: str, num_params: int, meta: dict, config, device: str) -> str:
     """The title line: the model's name, size, figures and where it runs."""
     parts = [f"**{escape_markdown(name)}**", f"{format_count(num_params)} parameters"]
-    if meta.get("val_loss") is not None:
+    number = lambda key: isinstance(meta.get(key), (int, float)) and not isinstance(meta.get(key), bool)
+    if number("val_loss"):  # meta.json is a file anyone may have edited: show only what reads as numbers
         parts.append(f"val loss {meta['val_loss']:.3f}")
-    if meta.get("bits_per_byte") is not None:
+    if number("bits_per_byte"):
         parts.append(f"{meta['bits_per_byte']:.3f} bits per byte")
-    if meta.get("step") is not None:
+    if number("step"):
         parts.append(f"{meta['step']:,} steps")
     c = config
     parts.append(f"{c.n_layer} layer{'s' * (c.n_layer != 1)} × {c.n_embd} dims, context {c.block_size} tokens")

@@ -394,6 +394,27 @@ def test_api_generate_takes_settings_by_name(served):
         next(app.Playground.generate(None, "KING:", temprature=0.5))
 
 
+def test_api_attention_takes_the_choices_it_advertises(served):
+    _, client = served
+    params = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/attention"]["parameters"]
+    layer = next(p for p in params if p["parameter_name"] == "layer")
+    assert layer["python_type"]["type"] == "Literal['0']"
+    assert "<table" in client.predict("the king", "0", "mean", api_name="/attention")
+
+
+def test_api_nan_for_a_whole_number_says_what_is_wrong(served):
+    """JSON's NaN (gradio_client will not send it; a raw request can) gets the app's own words, not an empty error."""
+    import httpx
+
+    demo, client = served
+    for name, data in (("generate", '["KING:", NaN, 0.8, 0, 1.0, 0.0, 1.0, 1, ""]'), ("merge_tree", "[NaN]")):
+        r = httpx.post(f"{client.src}gradio_api/call/{name}", content=f'{{"data": {data}}}',
+                       headers={"content-type": "application/json"})
+        events = httpx.get(f"{client.src}gradio_api/call/{name}/{r.json()['event_id']}", timeout=30).text
+        error = json.loads(events.strip().splitlines()[-1].removeprefix("data: "))["error"]
+        assert error and "whole number" in error and "nan" in error, (name, events)
+
+
 def test_api_tokenize_round_trips(served, pg):
     _, client = served
     text = "What authority surfeits on 🍞?\n"

@@ -176,3 +176,177 @@ def test_a_new_run_starts_a_new_log(tmp_path, capsys):
     assert train_cli.main(["--corpus", str(corpus), "--out", str(out), *RUN, "--max-steps", "4"]) == 0
     assert [r["step"] for r in read_metrics(out) if r["kind"] == "eval"] == [2, 4]
     assert all(r.get("val_loss") != 9.0 for r in read_metrics(out))
+
+
+# --- faults that must end in one line ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("writer, error", [
+    ("save_file", "SafetensorError"),  # safetensors' words for a full disk
+    ("torch_save", "RuntimeError"),  # torch's: "[enforce fail at inline_container.cc] ... file write failed"
+])
+def test_disk_full_while_saving_is_one_line_and_keeps_the_last_checkpoint(short_run, monkeypatch, capsys,
+                                                                          writer, error):
+    from safetensors import SafetensorError
+
+    from llm import checkpoint
+
+    corpus, out = short_run
+    before = (out / "last" / "model.safetensors").read_bytes()
+
+    def full(*args, **kwargs):
+        raise (SafetensorError if error == "SafetensorError" else RuntimeError)(
+            "No space left on device (os error 28)\nmore lines of the library's own")
+
+    if writer == "save_file":
+        monkeypatch.setattr(checkpoint, "save_file", full)
+    else:
+        monkeypatch.setattr(checkpoint.torch, "save", full)
+    rc, err = run_cli(capsys, "--out", str(out), "--resume", "--max-steps", "6", "--no-progress")
+    assert rc == 1 and len(err.strip().splitlines()) == 1
+    assert str(out / "last") in err and "No space left on device" in err and "Traceback" not in err
+    assert (out / "last" / "model.safetensors").read_bytes() == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".lock"]
+
+
+def broken_copy(src: Path, dest: Path, config=None, tokenizer=None, meta=None) -> Path:
+    """A copy of the checkpoint src with config.json, tokenizer.json or meta.json edited."""
+    import shutil
+
+    shutil.copytree(src, dest)
+    for name, edit in (("config.json", config), ("tokenizer.json", tokenizer), ("meta.json", meta)):
+        if edit:
+            obj = json.loads((dest / name).read_text())
+            edit(obj)
+            (dest / name).write_text(json.dumps(obj))
+    return dest
+
+
+BROKEN = {
+    "vocab_size 1e12": dict(config=lambda c: c["model"].update(vocab_size=10**12)),
+    "n_layer 1e9": dict(config=lambda c: c["model"].update(n_layer=10**9)),
+    "block_size 1e12": dict(config=lambda c: c["model"].update(block_size=10**12)),
+    "block_size 1e12 learned": dict(config=lambda c: c["model"].update(block_size=10**12, pos="learned")),
+    "n_layer as text": dict(config=lambda c: c["model"].update(n_layer="2")),
+    "invalid split regex": dict(tokenizer=lambda t: t.update(pattern="(unclosed")),
+    "special tokens as a list": dict(tokenizer=lambda t: t.update(special_tokens=["<|endoftext|>"])),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_a_malformed_checkpoint_is_refused_before_a_model_is_built(short_run, tmp_path, monkeypatch, capsys, case):
+    from llm import checkpoint
+
+    _, out = short_run
+    d = broken_copy(out / "best", tmp_path / "broken", **BROKEN[case])
+    built = []
+    monkeypatch.setattr(checkpoint, "GPT", lambda config: built.append(config))
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.load_checkpoint(d)
+    assert not built and "\n" not in str(e.value)
+    monkeypatch.undo()
+    from llm.generate import main as generate_main
+
+    assert generate_main(["--checkpoint", str(d), "--prompt", "x"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and len(err.strip().splitlines()) == 1
+
+
+def test_wrongly_typed_metadata_and_metrics_still_open_in_the_app(short_run, tmp_path):
+    import app
+
+    _, out = short_run
+    d = broken_copy(out, tmp_path / "odd", meta=None)
+    for kind in ("best", "last"):
+        meta = json.loads((d / kind / "meta.json").read_text())
+        meta.update(val_loss="low", step="many", bits_per_byte=None)
+        (d / kind / "meta.json").write_text(json.dumps(meta))
+    with open(d / "metrics.jsonl", "a") as f:
+        f.write('[1, 2]\n"text"\n{"kind": "eval", "step": "x", "val_loss": "y"}\n')
+    loaded = app.load_playground(str(d))
+    assert "val loss" not in app.Playground(*loaded).header()
+    app.build_app(*loaded)
+    assert train_cli.main(["--out", str(d), "--resume", "--max-steps", "6", "--no-progress"]) == 0
+
+
+def test_a_pickled_training_state_is_refused_without_suggesting_to_unpickle_it(short_run, capsys):
+    import torch
+
+    _, out = short_run
+    state = torch.load(out / "last" / "train_state.pt", weights_only=True)
+    state["note"] = subprocess.CompletedProcess  # any class: what weights_only refuses
+    torch.save(state, out / "last" / "train_state.pt")
+    rc, err = run_cli(capsys, "--out", str(out), "--resume", "--max-steps", "6")
+    assert rc == 1 and "not loaded" in err and "weights_only" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_diverged_run_never_saves_broken_weights_and_sampling_says_so(tmp_path, capsys):
+    """lr 1e30: the loss can stay finite while the weights or scores are not; best/ must never hold such weights,
+    and sampling from huge weights ends in one line, not an index error."""
+    import torch
+
+    from llm.checkpoint import load_checkpoint
+    from llm.model import GPT, ModelConfig
+    from llm.sample import SampleConfig, generate
+    from llm.tokenizer import Tokenizer
+
+    corpus, out = tmp_path / "corpus.txt", tmp_path / "run"
+    corpus.write_text(make_text(), encoding="utf-8")
+    args = [*TINY, "--corpus", str(corpus), "--out", str(out), "--sample-tokens", "8", "--lr", "1e30",
+            "--muon-lr", "1e30", "--max-steps", "10", "--eval-interval", "2"]
+    rc, err = run_cli(capsys, *args)
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 1
+    if (out / "best").exists():
+        model, _, _ = load_checkpoint(out / "best")
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+    tok = Tokenizer(special_tokens=("<|endoftext|>",))
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=257, block_size=16, n_layer=2, n_head=2, n_embd=16)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1e30)
+    for kw in ({}, {"top_k": 5}, {"temperature": 0.0}):
+        with pytest.raises(ValueError, match="scores are not finite"):
+            list(generate(model, tok, "hi", SampleConfig(max_new_tokens=5, seed=0, **kw)))
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--max-new-tokens", str(10**12)], "max_new_tokens must be an integer >= 1 and <= 100000"),
+    (["--num-samples", str(10**6)], "num_samples must be an integer >= 1 and <= 64"),
+])
+def test_generate_caps_what_one_command_asks_for(args, words):
+    proc = subprocess.run([sys.executable, "-m", "llm.generate", "--checkpoint", "assets/model", "--prompt", "x",
+                           *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_generate_with_standard_output_closed_is_one_line():
+    proc = subprocess.run([sys.executable, "-m", "llm.generate", "--checkpoint", "assets/model", "--prompt", "x",
+                           "--max-new-tokens", "3"], cwd=ROOT, stderr=subprocess.PIPE, text=True, timeout=120,
+                          preexec_fn=lambda: os.close(1))
+    assert proc.returncode == 1 and proc.stderr.strip() == "error: standard output is closed: nowhere to write the text"
+
+
+def test_the_nan_stop_suggests_grad_clip_only_when_it_would_change_something(tmp_path, monkeypatch, capsys):
+    from llm import train as train_mod
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(make_text(), encoding="utf-8")
+    real_forward = train_mod.GPT.forward
+
+    def nan_forward(self, idx, targets=None, **kw):
+        logits, loss = real_forward(self, idx, targets, **kw)
+        return logits, (loss * float("nan") if loss is not None else None)
+
+    monkeypatch.setattr(train_mod.GPT, "forward", nan_forward)
+    for clip, suggested in (("1.0", False), ("0", True)):
+        rc, err = run_cli(capsys, "--corpus", str(corpus), "--out", str(tmp_path / clip), *RUN, "--max-steps", "8",
+                          "--grad-clip", clip)
+        assert rc == 1 and "not finite for 5 steps" in err and ("--grad-clip 1.0" in err) == suggested
+
+
+def test_app_refuses_an_empty_checkpoint_name(capsys):
+    import app
+
+    assert app.main(["--checkpoint", ""]) == 1
+    assert "--checkpoint is empty" in capsys.readouterr().err
