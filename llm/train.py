@@ -265,6 +265,9 @@ def _check_saved_state(state: dict, last: Path) -> None:
     wrong = [f.name for f in dataclasses.fields(RunState)
              if not isinstance(state.get(f.name), (int, float)) or isinstance(state.get(f.name), bool)]
     wrong += [k for k, kind in (("optimizers", list), ("rng", dict)) if not isinstance(state.get(k), kind)]
+    corpus = state.get("corpus", [])
+    if not isinstance(corpus, list) or not all(isinstance(c, str) for c in corpus):
+        wrong.append("corpus")
     if wrong:
         raise CheckpointError(f"{last / STATE}: missing or malformed: {', '.join(wrong)}")
 
