@@ -200,26 +200,32 @@ class Playground:
         cfg = self.sample_config(settings)
         ids, cropped = self._prompt_ids(prompt)
         run = viz.TokenRun.of_prompt(ids)
-        text, n, reason, first = prompt, 0, "length", None
-        t0 = last = time.perf_counter()
-        yield text, "generating…", run
+        t0 = time.perf_counter()
+        yield prompt, "generating…", run
         events = generate(self.model, self.tokenizer, ids, cfg)
         try:
-            for ev in events:
-                n += 1
-                now = time.perf_counter()
-                first = first or now - t0
-                run.add(ev.token_id, ev)
-                text += ev.text
-                reason = ev.finish_reason or reason
-                if now - t0 > self.limits.time_s:
-                    reason = f"the time limit of {self.limits.time_s:g} s per request"
-                    break
-                if ev.text and (n == 1 or now - last >= self.stream_interval):
-                    last = now  # the running count stays on screen if the user presses Stop
-                    yield text, viz.progress_line(n, now - t0), run
+            yield from self._stream(events, prompt, run, cropped, t0)
+        except ValueError as e:  # the sampler's one line: non-finite scores, buffers that do not fit
+            raise fail(str(e)) from None
         finally:
             events.close()
+
+    def _stream(self, events: Iterator, text: str, run: viz.TokenRun, cropped: int, t0: float):
+        """generate's updates from the sampler's events (asked for at t0), one per stream_interval at most."""
+        n, reason, first, last = 0, "length", None, t0
+        for ev in events:
+            n += 1
+            now = time.perf_counter()
+            first = first or now - t0
+            run.add(ev.token_id, ev)
+            text += ev.text
+            reason = ev.finish_reason or reason
+            if now - t0 > self.limits.time_s:
+                reason = f"the time limit of {self.limits.time_s:g} s per request"
+                break
+            if ev.text and (n == 1 or now - last >= self.stream_interval):
+                last = now  # the running count stays on screen if the user presses Stop
+                yield text, viz.progress_line(n, now - t0), run
         yield text, viz.stats_markdown(n, time.perf_counter() - t0, first, reason, cropped), run
 
     generate.__signature__ = GENERATE_SIGNATURE
@@ -280,7 +286,7 @@ class Playground:
     def attention(self, text: str, layer, head: str) -> str:
         """Heatmap of one layer's attention (one head, or the mean over heads) for a short text."""
         text = check_text("the text", text, self.limits.prompt_chars)
-        if isinstance(layer, str) and layer.isdigit():  # the dropdown's choices are text, as the API shows them
+        if isinstance(layer, str) and layer.isdecimal():  # the dropdown's choices are text, as the API shows them
             layer = int(layer)
         layer = check_number(Knob("layer", "layer", 0, self.config.n_layer - 1, integer=True), layer)
         if head not in ["mean"] + [str(h) for h in range(self.config.n_head)]:

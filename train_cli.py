@@ -1,8 +1,8 @@
 """Train a tokenizer and a GPT on any text file: python train_cli.py --corpus input.txt
 
 Settings come from, in increasing priority: the defaults (sized for about 5 minutes on a laptop CPU), --preset,
---config FILE (JSON or YAML, flat keys or {"model": {...}, "train": {...}} as in a checkpoint's config.json), and
-the flags themselves.
+--config FILE (JSON or YAML: flat keys, or a model: and a train: or training: section, as in a checkpoint's
+config.json; read_config_file), and the flags themselves. With --resume they are checked against the run.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 from llm.cli import ArgumentParser, as_flags
 from llm.config import from_dict
 from llm.model import MLP_CHOICES, NORM_CHOICES, POSITIONS, ModelConfig
-from llm.train import CHOICES, TrainConfig, TrainingError, train
+from llm.run import CHOICES, TrainConfig, TrainingError
+from llm.train import train
 
 PRESETS = {
     # a few CPU minutes
@@ -94,16 +95,23 @@ def parse_config_file(path: str) -> object:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
+# what a checkpoint's config.json (it has a "version") records of its run that is no setting for a new one
+RECORDED = {("model", "vocab_size"): "the vocabulary its tokenizer came out at",
+            ("train", "out"): "where that run was written"}
+
+
 def read_config_file(path: str) -> dict:
     """Flat settings from a --config file, in one of two layouts (README, "Settings files"): flat keys, or a
-    `model:` section and a `train:` (or `training:`) section, as in a checkpoint's config.json (whose "version"
-    is passed over). Every key is used or refused: ValueError naming it."""
+    `model:` section and a `train:` (or `training:`) section. A checkpoint's config.json is the second layout
+    with a "version": that, and what RECORDED names, is passed over. Every other key is used or refused:
+    ValueError naming it."""
     d = parse_config_file(path)
     if not isinstance(d, dict):
         raise ValueError(f"{path}: expected a mapping of settings")
     d = {str(k).replace("-", "_"): v for k, v in d.items()}
     if not set(d) & set(SECTIONS):
         return d  # flat: split_settings refuses what is no setting
+    checkpoint = "version" in d
     if stray := [k for k in d if k not in SECTIONS and k != "version"]:
         raise ValueError(f"{path}: {', '.join(stray)} beside the model/train sections: put each setting inside one")
     if "train" in d and "training" in d:
@@ -115,6 +123,8 @@ def read_config_file(path: str) -> dict:
             raise ValueError(f"{path}: {section}: expected a mapping of settings")
         for key, value in body.items():
             name = str(key).replace("-", "_")
+            if checkpoint and (section, name) in RECORDED:
+                continue
             if name not in fields:
                 kind = ("a training setting" if name in TRAIN_FIELDS else "a model setting" if name in MODEL_FIELDS
                         else "no setting")
@@ -157,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             from llm.hub import check_can_push
 
             check_can_push(args.push_to_hub)
-        if args.resume:  # the configs come from OUT/last; train() checks the flags against them
+        if args.resume:  # the configs come from OUT/last; train() checks what was given against them
             model_cfg, train_cfg = None, TrainConfig(out=settings["out"])
         else:
             model_kw, train_kw = split_settings(settings)

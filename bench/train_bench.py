@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from llm.checkpoint import read_metrics
 from llm.model import ModelConfig
-from llm.train import TrainConfig, train
+from llm.run import TrainConfig
+from llm.train import train
 
 TARGET = 1.89
 

@@ -70,9 +70,9 @@ def save_checkpoint(path: str | Path, model: GPT, tokenizer, train_config: Any =
         save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
         train = to_dict(train_config) if hasattr(train_config, "__dataclass_fields__") else (train_config or {})
         config = {"version": FORMAT_VERSION, "model": to_dict(model.config), "train": train}
-        _write_json(tmp / CONFIG, public_config(config))
+        _dump_json(tmp / CONFIG, public_config(config))
         tokenizer.save(tmp / TOKENIZER)
-        _write_json(tmp / META, public_meta({"version": FORMAT_VERSION, **(meta or {}), "versions": _versions()}))
+        _dump_json(tmp / META, public_meta({"version": FORMAT_VERSION, **(meta or {}), "versions": _versions()}))
         if train_state is not None:
             torch.save(train_state, tmp / STATE)
         for name, content in (extra_files or {}).items():
@@ -110,11 +110,22 @@ def _untied_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def _dump_json(path: Path, obj: Any) -> None:
     """Written whole or not at all: a temporary file renamed over the old one."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """_dump_json, a full disk as a CheckpointError naming the file."""
+    try:
+        _dump_json(path, obj)
+    except OSError as e:
+        raise CheckpointError(f"{path}: could not write ({_first_line(e)})") from None
 
 
 def _fsync(path: Path) -> None:

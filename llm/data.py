@@ -65,7 +65,14 @@ def corpus_from(out_dir: str | Path, specs: Sequence[str]) -> list[str]:
     """Corpus specs as a run keeps them to resume: local files relative to its directory (so no absolute path
     of this machine is stored), built-in names and URLs as they are."""
     base = Path(out_dir).resolve()
-    return [os.path.relpath(Path(s).expanduser().resolve(), base) if is_local(s) else s for s in specs]
+    return [_relative(Path(s).expanduser().resolve(), base) if is_local(s) else s for s in specs]
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return os.path.relpath(path, base)
+    except ValueError:  # Windows: another drive has no relative path; resuming needs the path, so it stays
+        return str(path)
 
 
 def corpus_at(out_dir: str | Path, specs: Sequence[str]) -> tuple[str, ...]:
@@ -188,12 +195,17 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def write_tokens(path: Path, ids: np.ndarray) -> None:
+    """Token ids with a header, written whole or not at all; a full disk is a DataError naming the file."""
     header = MAGIC + np.array([BIN_VERSION, ids.dtype.itemsize], "<u4").tobytes() + np.array([len(ids)], "<u8").tobytes()
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(header.ljust(HEADER_BYTES, b"\0"))
-        f.write(ids.astype(ids.dtype.newbyteorder("<"), copy=False).tobytes())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(header.ljust(HEADER_BYTES, b"\0"))
+            f.write(ids.astype(ids.dtype.newbyteorder("<"), copy=False).tobytes())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{path}: could not write the tokens ({e.strerror or e})") from None
 
 
 def load_split(path: str | Path) -> np.memmap:

@@ -46,10 +46,12 @@ class KVCache:
         self.layers = list(self.kv)  # per-layer views (B, 2, H, max_len, hd): fewer ops per decode step
 
     @classmethod
-    def for_model(cls, model: nn.Module, batch_size: int) -> KVCache:
+    def for_model(cls, model: nn.Module, batch_size: int, max_len: int | None = None) -> KVCache:
+        """A cache for `model`, of max_len positions (at most, and by default, its block_size)."""
         c = model.config
         w = model.lm_head.weight
-        return cls(c.n_layer, batch_size, c.n_head, c.block_size, c.n_embd // c.n_head, w.device, w.dtype)
+        max_len = min(max_len or c.block_size, c.block_size)
+        return cls(c.n_layer, batch_size, c.n_head, max_len, c.n_embd // c.n_head, w.device, w.dtype)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, _, T, _ = k.shape

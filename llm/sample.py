@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import codecs
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import InitVar, dataclass
 
@@ -239,9 +240,8 @@ def generate_ids(
     V = min(vocab_size or c.vocab_size, c.vocab_size)
     B = config.num_samples
     keep = c.block_size - c.block_size // 4  # context kept when the window slides
-    buf, n, generator, seen = _start(model, prompt_ids, config, V)
+    buf, n, generator, seen, cache = _start(model, prompt_ids, config, V)
     start = 0  # the context window is buf[:, start:n]
-    cache = KVCache.for_model(model, B) if config.use_kv_cache else None
     step_one = make_step(model) if cache is not None else None
 
     # One prefill for every sample: all rows share the prompt, the cache broadcasts it.
@@ -276,19 +276,24 @@ NON_FINITE = ("the model's next-token scores are not finite (NaN or infinity): i
               "training run that diverged leaves them")
 
 
-def _start(model: nn.Module, prompt_ids: Sequence[int], config: SampleConfig,
-           V: int) -> tuple[torch.Tensor, int, torch.Generator, torch.Tensor | None]:
-    """generate_ids' buffers: (every token so far (B, prompt + max_new_tokens), how many, the seeded generator,
-    the tokens seen (B, V) for the repetition penalty or None). A prompt longer than block_size is cropped."""
-    ids = list(prompt_ids)[-model.config.block_size :]  # the caller reports len(prompt_ids) - block_size
+def _start(model: nn.Module, prompt_ids: Sequence[int], config: SampleConfig, V: int
+           ) -> tuple[torch.Tensor, int, torch.Generator, torch.Tensor | None, KVCache | None]:
+    """generate_ids' state: (every token so far (B, prompt + max_new_tokens), how many, the seeded generator,
+    the tokens seen (B, V) for the repetition penalty or None, the KV cache or None). A prompt longer than
+    block_size is cropped. Buffers that could not fit in memory are a ValueError, not an allocator's crash."""
+    c = model.config
+    ids = list(prompt_ids)[-c.block_size :]  # the caller reports len(prompt_ids) - block_size
     if not ids:
         raise ValueError("prompt is empty: give at least one token")
-    B, device = config.num_samples, model.lm_head.weight.device
+    B, device, w = config.num_samples, model.lm_head.weight.device, model.lm_head.weight
+    cache_len = min(c.block_size, len(ids) + config.max_new_tokens)  # positions the cache will ever hold
+    cache_bytes = c.n_layer * B * 2 * c.n_embd * cache_len * w.element_size() if config.use_kv_cache else 0
+    _check_fits(B * (len(ids) + config.max_new_tokens) * 8 + cache_bytes, device, config)
     try:
         buf = torch.empty(B, len(ids) + config.max_new_tokens, dtype=torch.long, device=device)
+        cache = KVCache.for_model(model, B, cache_len) if config.use_kv_cache else None
     except (RuntimeError, MemoryError):  # an allocator's refusal, in several words
-        raise ValueError(f"{B} samples x {config.max_new_tokens:,} new tokens are too many to hold in memory: "
-                         "ask for fewer") from None
+        _check_fits(math.inf, device, config)
     buf[:, : len(ids)] = torch.tensor(ids, dtype=torch.long, device=device)
     generator = torch.Generator(device=device)
     if config.seed is None:
@@ -299,7 +304,19 @@ def _start(model: nn.Module, prompt_ids: Sequence[int], config: SampleConfig,
     if config.repetition_penalty != 1.0:
         seen = torch.zeros(B, V, dtype=torch.bool, device=device)
         seen[:, [i for i in prompt_ids if 0 <= i < V]] = True
-    return buf, len(ids), generator, seen
+    return buf, len(ids), generator, seen, cache
+
+
+def _check_fits(nbytes: float, device: torch.device, config: SampleConfig) -> None:
+    """ValueError when a generation's buffers (token ids and KV cache) would take more than half the machine's
+    memory (on a CPU; a GPU's allocator refuses at once, which the caller turns into the same error)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if device.type == "cpu" else math.inf
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): the allocator decides
+        memory = math.inf
+    if nbytes > memory / 2:
+        raise ValueError(f"{config.num_samples} samples x {config.max_new_tokens:,} new tokens are too many to "
+                         "hold in memory with this model: ask for fewer")
 
 
 # --- what the model thought ----------------------------------------------------------------------------------

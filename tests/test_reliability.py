@@ -68,6 +68,34 @@ def test_config_file_keys_not_used_are_refused(tmp_path, capsys, text, words):
     assert rc == 1 and words in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_checkpoints_config_json_works_as_a_settings_file(short_run, tmp_path):
+    """Its model.vocab_size (what a char tokenizer came out at, not the 1024 asked for) and train.out are what the
+    run recorded, not settings: passed over, not refused and not used."""
+    corpus, out = short_run
+    char = tmp_path / "char"
+    assert train_cli.main(["--corpus", str(corpus), "--out", str(char), *RUN, "--max-steps", "2",
+                           "--tokenizer", "char"]) == 0
+    flat = train_cli.read_config_file(str(char / "last" / "config.json"))
+    assert flat["tokenizer"] == "char" and flat["vocab_size"] == 300 and "out" not in flat
+
+
+def test_settings_given_on_resume_are_checked_like_a_new_runs(short_run, tmp_path, capsys):
+    corpus, out = short_run
+    cfg = tmp_path / "more.yaml"
+    cfg.write_text("train:\n  time_budget: '60'\n")
+    rc, err = run_cli(capsys, "--out", str(out), "--resume", "--config", str(cfg))
+    assert rc == 1 and "--time-budget must be a number" in err and len(err.strip().splitlines()) == 1
+
+
+def test_resume_says_where_the_corpus_is_missing(short_run, tmp_path, capsys):
+    corpus, out = short_run
+    corpus.rename(tmp_path / "moved.txt")
+    rc, err = run_cli(capsys, "--out", str(out), "--resume", "--max-steps", "6")
+    assert rc == 1 and "is not at" in err and "--corpus" in err
+    assert train_cli.main(["--out", str(out), "--resume", "--max-steps", "6", "--corpus",
+                           str(tmp_path / "moved.txt"), "--no-progress"]) == 0
+
+
 def test_a_number_written_as_text_is_one_line(tmp_path, capsys):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("train:\n  lr: 2e-3\n")  # YAML 1.1 reads 2e-3 as a string
@@ -280,9 +308,9 @@ def test_a_pickled_training_state_is_refused_without_suggesting_to_unpickle_it(s
     assert rc == 1 and "not loaded" in err and "weights_only" not in err and len(err.strip().splitlines()) == 1
 
 
-def test_a_diverged_run_never_saves_broken_weights_and_sampling_says_so(tmp_path, capsys):
-    """lr 1e30: the loss can stay finite while the weights or scores are not; best/ must never hold such weights,
-    and sampling from huge weights ends in one line, not an index error."""
+def test_a_diverged_run_never_saves_broken_weights_and_sampling_says_so(short_run, capsys):
+    """A sound run, then lr 1e30: the loss can stay finite while the weights or scores are not; best/ and last/
+    must keep the sound weights, and sampling from huge weights ends in one line, not an index error."""
     import torch
 
     from llm.checkpoint import load_checkpoint
@@ -290,21 +318,29 @@ def test_a_diverged_run_never_saves_broken_weights_and_sampling_says_so(tmp_path
     from llm.sample import SampleConfig, generate
     from llm.tokenizer import Tokenizer
 
-    corpus, out = tmp_path / "corpus.txt", tmp_path / "run"
-    corpus.write_text(make_text(), encoding="utf-8")
-    args = [*TINY, "--corpus", str(corpus), "--out", str(out), "--sample-tokens", "8", "--lr", "1e30",
-            "--muon-lr", "1e30", "--max-steps", "10", "--eval-interval", "2"]
-    rc, err = run_cli(capsys, *args)
+    corpus, out = short_run
+    state = torch.load(out / "last" / "train_state.pt", weights_only=True)
+    for opt in state["optimizers"]:  # the run goes on as before, but with a learning rate that blows up
+        for group in opt["param_groups"]:
+            group["initial_lr"] = 1e30
+    torch.save(state, out / "last" / "train_state.pt")
+    sound = {k: (out / k / "model.safetensors").read_bytes() for k in ("best", "last")}
+    rc, err = run_cli(capsys, "--out", str(out), "--resume", "--max-steps", "12", "--sample-tokens", "8",
+                      "--no-progress")
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 1
-    if (out / "best").exists():
-        model, _, _ = load_checkpoint(out / "best")
-        assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert rc == 1 and "not finite" in err  # it diverged
+    for kind in ("best", "last"):
+        model, tokenizer, _ = load_checkpoint(out / kind)
+        assert all(torch.isfinite(p).all() for p in model.parameters()), kind
+        if read_meta(out / kind)["step"] > 4:  # saved after the blow-up: then it must still sample
+            assert list(generate(model, tokenizer, "x", SampleConfig(max_new_tokens=4, seed=0)))
+        else:
+            assert (out / kind / "model.safetensors").read_bytes() == sound[kind]
     tok = Tokenizer(special_tokens=("<|endoftext|>",))
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=257, block_size=16, n_layer=2, n_head=2, n_embd=16)).eval()
     with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(1e30)
+        model.wte.weight.fill_(float("nan"))  # broken for sure: huge weights overflow or not by summation order
     for kw in ({}, {"top_k": 5}, {"temperature": 0.0}):
         with pytest.raises(ValueError, match="scores are not finite"):
             list(generate(model, tok, "hi", SampleConfig(max_new_tokens=5, seed=0, **kw)))
@@ -345,8 +381,92 @@ def test_the_nan_stop_suggests_grad_clip_only_when_it_would_change_something(tmp
         assert rc == 1 and "not finite for 5 steps" in err and ("--grad-clip 1.0" in err) == suggested
 
 
-def test_app_refuses_an_empty_checkpoint_name(capsys):
+def test_app_refuses_an_empty_checkpoint_name(capsys, monkeypatch):
     import app
 
+    monkeypatch.setattr(app, "load_playground", lambda *a: pytest.fail("the empty name opened a model"))
     assert app.main(["--checkpoint", ""]) == 1
     assert "--checkpoint is empty" in capsys.readouterr().err
+
+
+def test_odd_metadata_does_not_stop_a_resume(short_run, capsys):
+    corpus, out = short_run
+    meta = json.loads((out / "last" / "meta.json").read_text())
+    meta["wall_time"] = "long"
+    (out / "last" / "meta.json").write_text(json.dumps(meta))
+    rc, err = run_cli(capsys, "--out", str(out), "--resume", "--max-steps", "6", "--no-progress")
+    assert rc == 0, err
+
+
+def test_disk_full_while_writing_the_tokens_is_one_line_and_leaves_no_part(tmp_path, monkeypatch, capsys):
+    import builtins
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(make_text(), encoding="utf-8")
+    real_open = builtins.open
+
+    def full_disk(file, mode="r", *args, **kwargs):
+        if str(file).endswith(".bin.tmp"):
+            raise OSError(28, "No space left on device")
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", full_disk)
+    rc, err = run_cli(capsys, "--corpus", str(corpus), "--out", str(tmp_path / "run"), *RUN, "--max-steps", "2")
+    assert rc == 1 and "train.bin: could not write the tokens (No space left on device)" in err
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_an_evaluation_not_saved_does_not_become_the_best_to_beat(tmp_path, monkeypatch, capsys):
+    """An evaluation whose weights are not saved (here its sample met non-finite scores) must not lower the bar
+    for best/: a later, sound evaluation that beats the saved best is saved."""
+    from llm import train as train_mod
+    from llm.sample import NON_FINITE
+
+    vals, samples = iter([3.0, 1.0, 2.0]), iter(["ok", None, "ok"])
+
+    def sample(*args, **kwargs):
+        text = next(samples)
+        if text is None:
+            raise ValueError(NON_FINITE)
+        return text
+
+    monkeypatch.setattr(train_mod, "estimate_loss", lambda *a, **k: dict.fromkeys(("train", "val"), next(vals)))
+    monkeypatch.setattr(train_mod, "sample_text", sample)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(make_text(), encoding="utf-8")
+    out = tmp_path / "run"
+    assert train_cli.main(["--corpus", str(corpus), "--out", str(out), *TINY, "--max-steps", "6",
+                           "--eval-interval", "2"]) == 0
+    assert (read_meta(out / "best")["step"], read_meta(out / "best")["val_loss"]) == (6, 2.0)
+
+
+def test_generation_too_big_for_memory_is_one_value_error():
+    import torch
+
+    from llm.model import GPT, ModelConfig
+    from llm.sample import SampleConfig, generate_ids
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=257, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
+    with pytest.raises(ValueError, match="too many to hold in memory"):
+        next(generate_ids(model, [1, 2], SampleConfig(max_new_tokens=10**13, num_samples=64)))
+
+
+def test_the_app_reports_broken_weights_and_odd_layers_in_words():
+    import gradio as gr
+    import torch
+
+    import app
+    from llm.model import GPT, ModelConfig
+    from llm.tokenizer import Tokenizer
+
+    tok = Tokenizer(special_tokens=("<|endoftext|>",))
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=257, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    with torch.no_grad():
+        model.wte.weight.fill_(float("nan"))  # broken for sure: huge weights overflow or not by summation order
+    pg = app.Playground(model, tok, {}, stream_interval=0.0)
+    with pytest.raises(gr.Error, match="scores are not finite"):
+        list(pg.generate("hi", max_new_tokens=5))
+    with pytest.raises(gr.Error, match="layer must be a whole number"):
+        pg.attention("hi", "²", "mean")  # a digit to str.isdigit, not to int()

@@ -17,6 +17,7 @@ LAYERS = [
     ["llm.sample"],
     ["llm.checkpoint"],
     ["llm.data", "llm.optim", "llm.runtime"],
+    ["llm.run"],
     ["llm.train"],
     ["llm.viz", "llm.card"],
     ["llm.hub"],

@@ -1,0 +1,319 @@
+"""A training run's settings and state, and how a session starts one: new, or resumed from OUT/last.
+
+    TrainConfig                    the training settings (stored in config.json); errors name fields
+    RunState                       what changes as the run goes (stored in last/train_state.pt)
+    Run                            what one session works with: data, model, optimizers, the state
+    start_run(...) -> Run          a new run in OUT, or the one saved in OUT/last (resume), checked
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import random
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from llm.checkpoint import (DATA_INFO, METRICS, STATE, TOKENIZER, TRAIN_BIN, VAL_BIN, WEIGHTS, CheckpointError,
+                            check_sizes, has_checkpoints, load_train_state, load_weights, read_config,
+                            read_data_info, read_meta, resolve, truncate_metrics)
+from llm.config import FieldNames, SettingError, from_dict, to_dict
+from llm.data import corpus_at, data_key, is_local, load_split, prepare, read_corpus
+from llm.model import GPT, ModelConfig
+from llm.optim import configure_optimizers
+from llm.runtime import pick_device, pick_dtype, set_rng_state
+from llm.tokenizer import CharTokenizer, Tokenizer, load_tokenizer
+
+# the TrainConfig fields that take one of a few words (train_cli.py's choices)
+CHOICES = {"tokenizer": ("bpe", "char"), "encoding_errors": ("strict", "replace"), "optimizer": ("adamw", "muon"),
+           "device": ("auto", "cpu", "cuda", "mps"), "dtype": ("auto", "float32", "bfloat16", "float16")}
+
+
+@dataclass
+class TrainConfig:
+    corpus: tuple[str, ...] = ()
+    out: str = ""
+    tokenizer: str = "bpe"  # bpe | char
+    vocab_size: int = 1024  # BPE target size (the char tokenizer takes what the corpus has)
+    encoding_errors: str = "strict"  # strict | replace
+    val_frac: float = 0.1
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 3e-3  # AdamW (all parameters with --optimizer adamw; embeddings, head, norms with muon)
+    muon_lr: float = 0.02  # Muon, for the matrices inside the blocks
+    min_lr: float = 3e-4  # the end of the cosine; Muon's decays by the same ratio
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 = off
+    optimizer: str = "muon"  # adamw | muon
+    max_steps: int = 0  # 0 = no step limit
+    time_budget: float = 0.0  # seconds of training (evaluation not counted); 0 = none
+    eval_interval: int = 100
+    eval_iters: int = 20
+    log_interval: int = 10
+    sample_tokens: int = 64  # length of the text sample printed at each eval; 0 = none
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | mps
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    # torch.compile; None = on CUDA only: on a small CPU, compiling costs more of a short run than the compiled
+    # steps save (bench/README.md, Training)
+    compile: bool | None = None
+
+    def __post_init__(self):
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise SettingError(f"`{name}` must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        checks = [
+            (self.batch_size >= 1, f"`batch_size` must be at least 1, got {self.batch_size}"),
+            (self.grad_accum >= 1, f"`grad_accum` must be at least 1, got {self.grad_accum}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"`lr` must be a positive number, got {self.lr}"),
+            (self.muon_lr > 0 and math.isfinite(self.muon_lr), f"`muon_lr` must be positive, got {self.muon_lr}"),
+            (0 <= self.min_lr <= self.lr, f"`min_lr` must be between 0 and `lr` ({self.lr}), got {self.min_lr}"),
+            (self.warmup_steps >= 0, f"`warmup_steps` must be at least 0, got {self.warmup_steps}"),
+            (self.weight_decay >= 0, f"`weight_decay` must be at least 0, got {self.weight_decay}"),
+            (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "betas must be in [0, 1)"),
+            (self.grad_clip >= 0, f"`grad_clip` must be at least 0 (0 = off), got {self.grad_clip}"),
+            (self.max_steps >= 0, f"`max_steps` must be at least 0 (0 = no limit), got {self.max_steps}"),
+            (self.time_budget >= 0, f"`time_budget` must be at least 0 seconds, got {self.time_budget}"),
+            (self.eval_interval >= 1, f"`eval_interval` must be at least 1, got {self.eval_interval}"),
+            (self.eval_iters >= 1, f"`eval_iters` must be at least 1, got {self.eval_iters}"),
+            (self.log_interval >= 1, f"`log_interval` must be at least 1, got {self.log_interval}"),
+            (0 < self.val_frac < 1, f"`val_frac` must be between 0 and 1 (exclusive), got {self.val_frac}"),
+            (self.sample_tokens >= 0, "`sample_tokens` must be at least 0"),
+        ]
+        if self.tokenizer == "bpe":
+            checks.append((self.vocab_size >= 257, f"`vocab_size` must be at least 257 for BPE (256 bytes + "
+                                                   f"end-of-text), got {self.vocab_size}"))
+        for ok, msg in checks:
+            if not ok:
+                raise SettingError(msg)
+
+
+# settings that may change when a run is resumed; everything else must match the checkpoint
+RESUMABLE_CHANGES = {"max_steps", "time_budget", "eval_interval", "eval_iters", "log_interval", "sample_tokens",
+                     "device", "dtype", "compile", "out",
+                     "corpus"}  # moved or renamed files: start_run checks that the text is the run's
+
+
+class TrainingError(FieldNames, RuntimeError):
+    """A run that had to stop; one line for the user (settings marked as in SettingError). Saved checkpoints are
+    left as they were."""
+
+
+# -----------------------------------------------------------------------------
+# the run's state, and what a session works with
+
+@dataclass
+class RunState:
+    """The run's mutable state. last/train_state.pt holds it, with the optimizer and RNG states beside it, so
+    that a resumed run continues exactly."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    train_time: float = 0.0  # seconds spent in training steps (evaluation not counted)
+    best_val_loss: float = math.inf
+    bad_steps: int = 0  # steps skipped for a non-finite loss or gradient, in all
+
+
+@dataclass
+class Run:
+    """What one training session works with, made by start_run: the settings, data, model and optimizers of the
+    run, where this session started, and the state that advances."""
+
+    cfg: TrainConfig
+    model_cfg: ModelConfig
+    state: RunState
+    tokenizer: Tokenizer | CharTokenizer
+    splits: dict[str, np.ndarray]
+    tokens_per_byte: float  # validation tokens per corpus byte, for bits per byte
+    model: GPT
+    fwd: torch.nn.Module  # the model as the loop calls it: compiled, or the model itself
+    optimizers: list[torch.optim.Optimizer]
+    scaler: torch.amp.GradScaler
+    batch_gen: torch.Generator
+    device: torch.device
+    autocast: contextlib.AbstractContextManager
+    log: Callable[[str], None]
+    prior_wall: float = 0.0  # wall-clock seconds of the sessions before this one
+    t_start: float = dataclasses.field(default_factory=time.time)
+    start: RunState = dataclasses.field(init=False)  # where this session began
+
+    def __post_init__(self):
+        self.start = dataclasses.replace(self.state)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.batch_size * self.cfg.grad_accum * self.model_cfg.block_size
+
+    @property
+    def time_budget(self) -> float:
+        """Seconds of training to stop at; neither a budget nor a step count given: about 5 minutes."""
+        return self.cfg.time_budget if self.cfg.time_budget or self.cfg.max_steps else 300.0
+
+    def done(self) -> bool:
+        s, c = self.state, self.cfg
+        return bool(c.max_steps and s.step >= c.max_steps or self.time_budget and s.train_time >= self.time_budget)
+
+    def progress(self) -> float:
+        """How far the cosine is: by steps it starts after the warmup (as nanoGPT's); under a time budget it
+        spans the whole budget (the warmup is a few seconds of it). With both, whichever is further."""
+        s, c = self.state, self.cfg
+        by_steps = (s.step - c.warmup_steps) / max(c.max_steps - c.warmup_steps, 1) if c.max_steps else 0.0
+        return max(by_steps, s.train_time / self.time_budget if self.time_budget else 0.0)
+
+
+# -----------------------------------------------------------------------------
+# starting or resuming
+
+def build_tokenizer(texts: list[str], cfg: TrainConfig, verbose: bool = True,
+                    log: Callable[[str], None] = tqdm.write):
+    """Train the run's tokenizer; its warnings (a corpus too small for the vocabulary) go to the log."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if cfg.tokenizer == "char":
+                tok = CharTokenizer.train("".join(texts))
+            else:
+                tok = Tokenizer.train(iter(texts), cfg.vocab_size, verbose=verbose)
+        except ValueError as e:
+            raise TrainingError(f"tokenizer: {e}") from None
+    for w in caught:
+        log(f"tokenizer: {w.message}")
+    return tok
+
+
+def check_resume(saved_model: ModelConfig, saved_train: TrainConfig, model_overrides: dict,
+                 train_overrides: dict) -> tuple[ModelConfig, TrainConfig, list[str]]:
+    """Apply the settings a user gave to a resumed run; refuse those that conflict, listing them all. Returns
+    the configs and a line per setting that changed."""
+    diffs = [f"`{k}`: checkpoint has {getattr(saved_model, k)!r}, you gave {v!r}"
+             for k, v in model_overrides.items() if k != "vocab_size" and getattr(saved_model, k) != v]
+    diffs += [f"`{k}`: checkpoint has {getattr(saved_train, k)!r}, you gave {v!r}"
+              for k, v in train_overrides.items() if k not in RESUMABLE_CHANGES and getattr(saved_train, k) != v]
+    if diffs:
+        raise TrainingError("`resume`: these settings conflict with the checkpoint: " + "; ".join(diffs))
+    changes = {k: v for k, v in train_overrides.items() if k in RESUMABLE_CHANGES and getattr(saved_train, k) != v}
+    said = [f"`{k}` {v!r} (was {getattr(saved_train, k)!r})" for k, v in changes.items() if k != "out"]
+    return saved_model, from_dict(TrainConfig, {**to_dict(saved_train), **changes}), said  # checked as a new run's
+
+
+def _read_last(out: Path, model_overrides: dict, train_overrides: dict):
+    """OUT/last of a run to resume -> (its directory, model config, train config, saved train state, tokenizer,
+    a line per setting the user changed)."""
+    try:
+        last = resolve(out / "last")
+        saved_model, saved_train = read_config(last)
+        state = load_train_state(last)
+        _check_saved_state(state, last)
+        if "corpus" in state:  # where the corpus was, relative to the run (config.json has its names only)
+            saved_train = {**saved_train, "corpus": corpus_at(out, state["corpus"])}
+        missing = [c for c in saved_train.get("corpus", ()) if is_local(c) and not Path(c).exists()]
+        if missing and "corpus" not in train_overrides:
+            raise TrainingError(f"`resume`: the corpus this run was trained on is not at {', '.join(missing)} (moved, "
+                                f"or the run was): give it again with `corpus`")
+        model_cfg, cfg, changed = check_resume(saved_model, from_dict(TrainConfig, saved_train), model_overrides,
+                                               train_overrides)
+        cfg = dataclasses.replace(cfg, out=str(out))
+        return last, model_cfg, cfg, state, load_tokenizer(last / TOKENIZER), changed
+    except CheckpointError as e:
+        raise TrainingError(f"`resume`: {e}") from None
+
+
+def _check_saved_state(state: dict, last: Path) -> None:
+    """train_state.pt has what resuming reads: RunState's numbers, the optimizers' and the random states."""
+    wrong = [f.name for f in dataclasses.fields(RunState)
+             if not isinstance(state.get(f.name), (int, float)) or isinstance(state.get(f.name), bool)]
+    wrong += [k for k, kind in (("optimizers", list), ("rng", dict)) if not isinstance(state.get(k), kind)]
+    corpus = state.get("corpus", [])
+    if not isinstance(corpus, list) or not all(isinstance(c, str) for c in corpus):
+        wrong.append("corpus")
+    if wrong:
+        raise CheckpointError(f"{last / STATE}: missing or malformed: {', '.join(wrong)}")
+
+
+def _check_same_text(out: Path, key: str, cfg: TrainConfig, log: Callable[[str], None]) -> None:
+    """On resume: the corpus must be the text the run was trained on (data.json keeps its key)."""
+    info = read_data_info(out)
+    if not info:
+        log(f"no {DATA_INFO} in {out}: the corpus is tokenized again, and cannot be checked to be the text this run "
+            "started on")
+    elif info.get("key") != key:
+        raise TrainingError(f"`resume`: the corpus ({', '.join(cfg.corpus)}) is not the text this run was trained "
+                            f"on (it changed since, or another file has its name): resuming would train on other "
+                            f"tokens. Restore it, or start a new run with another `out`")
+
+
+def start_run(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = False,
+              model_overrides: dict | None = None, train_overrides: dict | None = None, overwrite: bool = False,
+              progress: bool = True, log: Callable[[str], None] = tqdm.write) -> Run:
+    """Everything a training session needs: a new run in cfg.out, or the one saved in cfg.out/last (resume)."""
+    out, saved = Path(cfg.out), None
+    if resume:
+        last, model_cfg, cfg, saved, tokenizer, changed = _read_last(out, model_overrides or {},
+                                                                     train_overrides or {})
+        if changed:
+            log("resuming with " + "; ".join(changed).replace("`", ""))
+    elif not overwrite and has_checkpoints(out):
+        raise TrainingError(f"{out} already holds checkpoints: use `resume` to continue that run, "
+                            f"`overwrite` to replace it, or `out` for a new directory")
+    device = pick_device(cfg.device)
+    ptdtype = pick_dtype(cfg.dtype, device)
+    autocast = torch.autocast(device.type, dtype=ptdtype) if ptdtype != torch.float32 else contextlib.nullcontext()
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    texts, _ = read_corpus(list(cfg.corpus), cfg.encoding_errors)
+    if not resume:
+        tokenizer = build_tokenizer(texts, cfg, verbose=progress, log=log)
+    model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
+    key = data_key(texts, tokenizer, cfg.val_frac)
+    if resume:
+        _check_same_text(out, key, cfg, log)
+    info = prepare(texts, tokenizer, out, cfg.val_frac, min_tokens=model_cfg.block_size + 1, key=key)
+    splits = {"train": load_split(out / TRAIN_BIN), "val": load_split(out / VAL_BIN)}
+
+    if saved is not None:
+        check_sizes(last / WEIGHTS, model_cfg)  # before building: a broken config.json could ask for any size
+    model = GPT(model_cfg).to(device)
+    optimizers = configure_optimizers(model, cfg.optimizer, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
+                                      cfg.muon_lr, device.type)
+    batch_gen = torch.Generator().manual_seed(cfg.seed)
+    state, prior_wall = RunState(), 0.0
+    if saved is not None:
+        load_weights(model, last / WEIGHTS)  # copies into the tensors already on `device`
+        try:
+            for opt, sd in zip(optimizers, saved["optimizers"], strict=True):
+                opt.load_state_dict(sd)
+            set_rng_state(saved["rng"], batch_gen)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise TrainingError(f"`resume`: {last / STATE} does not fit this run ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        state = RunState(**{f.name: saved[f.name] for f in dataclasses.fields(RunState)})
+        truncate_metrics(out, state.step)
+        wall = read_meta(last).get("wall_time")
+        prior_wall = float(wall) if isinstance(wall, (int, float)) and math.isfinite(wall) else 0.0
+    else:  # a new run starts a new log (an old one may be left from a run that saved nothing)
+        (out / METRICS).unlink(missing_ok=True)
+    use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
+    return Run(cfg, model_cfg, state, tokenizer, splits, info["val_tokens"] / info["val_bytes"], model,
+               torch.compile(model) if use_compile else model, optimizers,
+               torch.amp.GradScaler(device.type, enabled=ptdtype == torch.float16), batch_gen, device, autocast, log,
+               prior_wall)
