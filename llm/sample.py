@@ -268,12 +268,16 @@ def generate_ids(
                 logits = logits[:, :V]
     except (RuntimeError, IndexError):  # an index out of range: what non-finite scores lead to; checked only then
         if not torch.isfinite(logits).all():
-            raise ValueError(NON_FINITE) from None
+            raise NonFiniteScores() from None
         raise
 
 
-NON_FINITE = ("the model's next-token scores are not finite (NaN or infinity): its weights are broken, as a "
-              "training run that diverged leaves them")
+class NonFiniteScores(ValueError):
+    """The model's next-token scores are NaN or infinite: its weights are broken."""
+
+    def __init__(self):
+        super().__init__("the model's next-token scores are not finite (NaN or infinity): its weights are broken, "
+                         "as a training run that diverged leaves them")
 
 
 def _start(model: nn.Module, prompt_ids: Sequence[int], config: SampleConfig, V: int
@@ -288,12 +292,15 @@ def _start(model: nn.Module, prompt_ids: Sequence[int], config: SampleConfig, V:
     B, device, w = config.num_samples, model.lm_head.weight.device, model.lm_head.weight
     cache_len = min(c.block_size, len(ids) + config.max_new_tokens)  # positions the cache will ever hold
     cache_bytes = c.n_layer * B * 2 * c.n_embd * cache_len * w.element_size() if config.use_kv_cache else 0
-    _check_fits(B * (len(ids) + config.max_new_tokens) * 8 + cache_bytes, device, config)
+    too_many = ValueError(f"{B} samples x {config.max_new_tokens:,} new tokens are too many to hold in memory with "
+                          "this model: ask for fewer")
+    if B * (len(ids) + config.max_new_tokens) * 8 + cache_bytes > _memory(device) / 2:
+        raise too_many
     try:
         buf = torch.empty(B, len(ids) + config.max_new_tokens, dtype=torch.long, device=device)
         cache = KVCache.for_model(model, B, cache_len) if config.use_kv_cache else None
     except (RuntimeError, MemoryError):  # an allocator's refusal, in several words
-        _check_fits(math.inf, device, config)
+        raise too_many from None
     buf[:, : len(ids)] = torch.tensor(ids, dtype=torch.long, device=device)
     generator = torch.Generator(device=device)
     if config.seed is None:
@@ -307,16 +314,13 @@ def _start(model: nn.Module, prompt_ids: Sequence[int], config: SampleConfig, V:
     return buf, len(ids), generator, seen, cache
 
 
-def _check_fits(nbytes: float, device: torch.device, config: SampleConfig) -> None:
-    """ValueError when a generation's buffers (token ids and KV cache) would take more than half the machine's
-    memory (on a CPU; a GPU's allocator refuses at once, which the caller turns into the same error)."""
+def _memory(device: torch.device) -> float:
+    """Bytes of memory a generation's buffers may take half of: the machine's on a CPU; unbounded on a GPU,
+    whose allocator refuses at once (and without sysconf, as on Windows, where the allocator decides)."""
     try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if device.type == "cpu" else math.inf
-    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): the allocator decides
-        memory = math.inf
-    if nbytes > memory / 2:
-        raise ValueError(f"{config.num_samples} samples x {config.max_new_tokens:,} new tokens are too many to "
-                         "hold in memory with this model: ask for fewer")
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if device.type == "cpu" else math.inf
+    except (ValueError, OSError, AttributeError):
+        return math.inf
 
 
 # --- what the model thought ----------------------------------------------------------------------------------
@@ -435,10 +439,10 @@ def generate(model: nn.Module, tokenizer, prompt: str | Sequence[int],
         for index, (tokens, logits) in enumerate(steps):
             tokens_l = tokens.tolist()
             if max(tokens_l) >= V:  # a draw from NaN scores: sample_index's cdf never passes u
-                raise ValueError(NON_FINITE)
+                raise NonFiniteScores()
             token_probs, alt_ids, alt_probs, entropy = next_token_stats(logits, tokens, config.num_alternatives)
             if any(h != h for h in entropy):  # NaN: greedy picks a token from NaN scores without a word
-                raise ValueError(NON_FINITE)
+                raise NonFiniteScores()
             last_step = index + 1 == config.max_new_tokens
             for b in list(live):
                 stream, token_id = streams[b], tokens_l[b]

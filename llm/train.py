@@ -29,7 +29,7 @@ from llm.model import GPT, ModelConfig
 from llm.optim import get_lr
 from llm.run import Run, TrainConfig, TrainingError, start_run
 from llm.runtime import StopFlag, peak_flops, rng_state
-from llm.sample import NON_FINITE, sample_text
+from llm.sample import NonFiniteScores, sample_text
 
 MAX_BAD_STEPS = 5  # non-finite losses in a row before a run gives up
 
@@ -133,9 +133,7 @@ def evaluate(run: Run, save: bool) -> dict:
     if cfg.sample_tokens and sound:
         try:
             row["sample"] = sample_text(run.model, run.tokenizer, cfg.sample_tokens, cfg.seed, prompt="\n")
-        except ValueError as e:
-            if str(e) != NON_FINITE:
-                raise
+        except NonFiniteScores:
             sound = False
     improved = save and sound and losses["val"] < state.best_val_loss  # the best saved, not the best seen
     if improved:

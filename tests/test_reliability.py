@@ -420,14 +420,14 @@ def test_an_evaluation_not_saved_does_not_become_the_best_to_beat(tmp_path, monk
     """An evaluation whose weights are not saved (here its sample met non-finite scores) must not lower the bar
     for best/: a later, sound evaluation that beats the saved best is saved."""
     from llm import train as train_mod
-    from llm.sample import NON_FINITE
+    from llm.sample import NonFiniteScores
 
     vals, samples = iter([3.0, 1.0, 2.0]), iter(["ok", None, "ok"])
 
     def sample(*args, **kwargs):
         text = next(samples)
         if text is None:
-            raise ValueError(NON_FINITE)
+            raise NonFiniteScores()
         return text
 
     monkeypatch.setattr(train_mod, "estimate_loss", lambda *a, **k: dict.fromkeys(("train", "val"), next(vals)))
