@@ -16,21 +16,8 @@ from pathlib import Path
 from llm.cli import ArgumentParser, as_flags
 from llm.config import from_dict
 from llm.model import MLP_CHOICES, NORM_CHOICES, POSITIONS, ModelConfig
-from llm.run import CHOICES, TrainConfig, TrainingError
+from llm.run import CHOICES, PRESETS, TrainConfig, TrainingError
 from llm.train import train
-
-PRESETS = {
-    # a few CPU minutes
-    "tiny": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128, "batch_size": 32, "time_budget": 120},
-    # a longer CPU run or a small GPU
-    "small": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "batch_size": 32, "dropout": 0.1,
-              "vocab_size": 4096, "time_budget": 1800},
-    # GPT-2 small shape, for a GPU
-    "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "batch_size": 16, "grad_accum": 4,
-             "vocab_size": 32768, "lr": 6e-4, "min_lr": 6e-5, "warmup_steps": 500, "eval_interval": 500,
-             "max_steps": 20000, "compile": True},
-}
-
 
 def build_parser() -> argparse.ArgumentParser:
     # every default is None so that the flags a user actually typed can be told apart (presets, --resume)

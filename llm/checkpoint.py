@@ -203,11 +203,16 @@ def _take_lock(path: Path) -> int:
         import fcntl
     except ImportError:  # no POSIX locks (Windows): runs are not kept apart
         return os.open(os.devnull, os.O_RDONLY)
+    deadline = time.monotonic() + 1.0  # a reader's moment of holding it (is_running) is no refusal
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if time.monotonic() < deadline:
+                os.close(fd)
+                time.sleep(0.05)
+                continue
             holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
             raise CheckpointError(f"{path.parent} is in use by {holder}: wait for that run to end, or use another "
@@ -222,6 +227,32 @@ def _take_lock(path: Path) -> int:
                      .encode())
             return fd
         os.close(fd)
+
+
+def is_running(out_dir: str | Path) -> bool:
+    """Whether a run holds OUT/.lock now (the page's live view; a killed run's lock is free)."""
+    try:
+        import fcntl  # no POSIX locks (Windows): no run is seen as running
+        fd = os.open(Path(out_dir) / LOCK, os.O_RDONLY)
+    except (ImportError, OSError):
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released with the file, below
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def lock_pid(out_dir: str | Path) -> int | None:
+    """The process id run_lock wrote into OUT/.lock, if the file names one."""
+    try:
+        text = (Path(out_dir) / LOCK).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    words = text.split()
+    return int(words[1]) if len(words) > 1 and words[0] == "process" and words[1].isdecimal() else None
 
 
 # -----------------------------------------------------------------------------

@@ -101,18 +101,23 @@ def _download(url: str, cache: Path, timeout: float, name: str | None = None) ->
 
 def read_text(path: Path, errors: str = "strict") -> str:
     """Read one UTF-8 file. With errors='strict', a bad byte is reported by its offset; 'replace' swaps in U+FFFD."""
+    return decode_text(path.read_bytes(), str(path), errors)
+
+
+def decode_text(data: bytes, name: str, errors: str = "strict") -> str:
+    """A corpus's bytes -> its text, checked as every corpus is (UTF-8, not binary, not empty); `name` says what
+    it is in the messages (a path, or "the uploaded file")."""
     if errors not in ("strict", "replace"):
         raise DataError(f"encoding errors must be 'strict' or 'replace', got {errors!r}")
-    data = path.read_bytes()
     try:
         text = data.decode("utf-8", errors=errors)
     except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not valid UTF-8: byte 0x{data[e.start]:02x} at offset {e.start} "
+        raise DataError(f"{name} is not valid UTF-8: byte 0x{data[e.start]:02x} at offset {e.start} "
                         f"(set `encoding_errors` to replace to substitute U+FFFD)") from None
     if "\x00" in text:
-        raise DataError(f"{path} looks like a binary file (NUL byte at character {text.index(chr(0))})")
+        raise DataError(f"{name} looks like a binary file (NUL byte at character {text.index(chr(0))})")
     if not text.strip():
-        raise DataError(f"{path} is empty" + (" (only whitespace)" if text else ""))
+        raise DataError(f"{name} is empty" + (" (only whitespace)" if text else ""))
     return text
 
 

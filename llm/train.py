@@ -169,18 +169,19 @@ def save_run(run: Run, kind: str, val_loss: float | None, bpb: float | None) -> 
 
 def train(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = False, model_overrides: dict | None = None,
           train_overrides: dict | None = None, overwrite: bool = False, progress: bool = True,
-          log: Callable[[str], None] = tqdm.write) -> dict:
+          log: Callable[[str], None] = tqdm.write, evaluate_on_stop: bool = False) -> dict:
     """Train, writing OUT/best, OUT/last and OUT/metrics.jsonl. Returns a summary of the run.
 
     With resume=True the configs come from OUT/last; `model_overrides` / `train_overrides` are the settings the
-    user gave explicitly, checked against it.
+    user gave explicitly, checked against it. A stop signal (SIGINT, SIGTERM) saves last/ at once; with
+    evaluate_on_stop (the page's Stop button) it evaluates first, saving last/ and, if better, best/.
     """
     with run_lock(cfg.out):
         return train_loop(start_run(model_cfg, cfg, resume, model_overrides, train_overrides, overwrite, progress, log),
-                      progress)
+                          progress, evaluate_on_stop)
 
 
-def train_loop(run: Run, progress: bool) -> dict:
+def train_loop(run: Run, progress: bool, evaluate_on_stop: bool = False) -> dict:
     """The loop: steps, logs and evaluations until the run is done or asked to stop; a summary of it."""
     cfg, state, stop = run.cfg, run.state, StopFlag()
     bar = tqdm(total=cfg.max_steps or None, initial=state.step, unit="step", disable=not progress, dynamic_ncols=True)
@@ -198,12 +199,13 @@ def train_loop(run: Run, progress: bool) -> dict:
                                     f"Try a lower `lr`{clip}")
             if state.step % cfg.log_interval == 0:
                 append_metrics(run.out, {"kind": "train", "step": state.step, "loss": loss, "grad_norm": norm,
-                                         "lr": run.optimizers[0].param_groups[0]["lr"], "dt": dt})
+                                         "lr": run.optimizers[0].param_groups[0]["lr"], "dt": dt,
+                                         "train_time": state.train_time})
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{run.tokens_per_step / dt:,.0f}", refresh=False)
             if state.step % cfg.eval_interval == 0:
                 last_eval = evaluate(run, save=bad_in_a_row == 0)
-        if stop.signum and finite_weights(run.model):  # asked to stop: save where we are, skip the final evaluation
+        if stop.signum and not evaluate_on_stop and finite_weights(run.model):  # save where we are, no evaluation
             save_run(run, "last", (last_eval or {}).get("val_loss"), (last_eval or {}).get("bits_per_byte"))
         elif last_eval is None or last_eval["step"] != state.step:
             last_eval = evaluate(run, save=bad_in_a_row == 0)

@@ -13,6 +13,7 @@ import gradio as gr
 import pytest
 
 import app
+import playground
 import train_cli
 from conftest import make_text
 from llm.checkpoint import CheckpointError
@@ -77,7 +78,7 @@ def select(index: int) -> gr.SelectData:
 
 def test_find_checkpoint_order(tmp_path, monkeypatch):
     monkeypatch.delenv(app.ENV_CHECKPOINT, raising=False)
-    monkeypatch.setattr(app, "BUNDLED", tmp_path / "assets" / "model")
+    monkeypatch.setattr(playground, "BUNDLED", tmp_path / "assets" / "model")
     with pytest.raises(CheckpointError, match="no model to open: pass --checkpoint"):
         app.find_checkpoint(None, tmp_path)
     (tmp_path / "assets" / "model").mkdir(parents=True)
@@ -95,7 +96,7 @@ def test_find_checkpoint_order(tmp_path, monkeypatch):
 
 def test_main_without_a_model_is_one_line_and_nonzero(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv(app.ENV_CHECKPOINT, raising=False)
-    monkeypatch.setattr(app, "BUNDLED", tmp_path / "nothing")
+    monkeypatch.setattr(playground, "BUNDLED", tmp_path / "nothing")
     monkeypatch.chdir(tmp_path)
     assert app.main([]) == 1
     err = capsys.readouterr().err
@@ -308,7 +309,7 @@ def test_a_character_level_model_works_too():
     assert len(view["value"]) == len(run.ids)
     assert "<table" in pg.attention("the king", 0, "mean")
     demo = app.build_app(model, tok, {})  # no metrics, no training info: the model tab still builds
-    assert demo.config["title"] == "scratchgpt playground"
+    assert demo.config["title"] == "scratchgpt studio"
 
 
 # --- ZeroGPU ------------------------------------------------------------------------------------------------

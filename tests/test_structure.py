@@ -19,10 +19,12 @@ LAYERS = [
     ["llm.data", "llm.optim", "llm.runtime"],
     ["llm.run"],
     ["llm.train"],
-    ["llm.viz", "llm.card"],
-    ["llm.hub"],
+    ["llm.viz", "llm.card", "llm.worker"],
+    ["llm.hub", "llm.studio"],
     ["llm"],  # the package's face: llm.load_checkpoint delegates Hub ids to llm.hub
-    ["llm.generate", "app", "train_cli"],
+    ["llm.generate", "playground", "train_cli"],
+    ["train_tab"],
+    ["app"],
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 # what llm/model.py may import: pure computation, no I/O, no sampler
@@ -32,8 +34,9 @@ MAX_FUNCTION_LINES, MAX_FILE_LINES = 60, 500
 
 
 def sources() -> dict[str, Path]:
-    """Module name -> file, for the package and the two entry points."""
-    mods = {"app": ROOT / "app.py", "train_cli": ROOT / "train_cli.py", "llm": ROOT / "llm" / "__init__.py"}
+    """Module name -> file, for the package, the entry points and the app's modules."""
+    mods = {name: ROOT / f"{name}.py" for name in ("app", "playground", "train_tab", "train_cli")}
+    mods["llm"] = ROOT / "llm" / "__init__.py"
     mods.update({f"llm.{p.stem}": p for p in (ROOT / "llm").glob("*.py") if p.stem != "__init__"})
     return mods
 

@@ -1,0 +1,355 @@
+"""Training from the page: each run in its own worker process, watched through the files it writes.
+
+    new_run(runs_dir, stem) -> OUT             a fresh run directory; its name ends in a random part
+    write_job(OUT, model, train, ...)          the run's settings, as the worker reads them (OUT/job.json)
+    launch(OUT, resume=False) -> Popen         `python -m llm.worker OUT` in a session of its own (it outlives the
+                                               web server, and a crash or an out-of-memory in it takes only it down)
+    stop(OUT)                                  ask a run to stop: it evaluates, saves last/ and best/, and ends
+    run_status(OUT) -> RunStatus               what a run's files say: starting, running, finished, stopped, ...
+    list_runs(runs_dir) -> [RunStatus]         every run there, CLI runs included, newest first
+    plan(model, train, seconds_per_step)       parameters, tokens per step, steps a time budget buys here
+
+The worker (main) trains through llm.train.train as train_cli.py does and records in OUT/status.json when it
+starts and how it ended. While it trains it holds OUT/.lock, which the operating system frees however the
+process ends: a run whose status still says it started, whose lock is free and whose process is gone was killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from llm.checkpoint import (CONFIG, METRICS, CheckpointError, is_running, lock_pid, metric_rows, read_config_dict,
+                            read_meta, read_metrics)
+from llm.cli import ArgumentParser
+from llm.config import FieldNames, from_dict, to_dict
+from llm.data import corpus_at, corpus_from
+from llm.model import GPT, ModelConfig
+from llm.run import TrainConfig, TrainingError
+from llm.train import train
+
+JOB, STATUS, LOG, UPLOAD = "job.json", "status.json", "worker.log", "corpus.txt"
+ROOT = Path(__file__).resolve().parent.parent  # the worker runs `-m llm.worker` from here
+_children: list[subprocess.Popen] = []  # workers this process started, reaped as they end
+
+
+class Stopped(Exception):
+    """A stop asked for before the training loop began (the loop itself stops gracefully)."""
+
+
+# -----------------------------------------------------------------------------
+# starting and stopping a run
+
+def new_run(runs_dir: str | Path, stem: str) -> Path:
+    """A fresh directory under runs_dir: `stem-YYYYmmdd-HHMMSS-<12 random hex digits>` (not guessable)."""
+    stem = re.sub(r"[^A-Za-z0-9_]+", "_", stem).strip("_")[:40] or "run"
+    out = Path(runs_dir) / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(6)}"
+    out.mkdir(parents=True)
+    return out
+
+
+def write_job(out: Path, model_cfg: ModelConfig, cfg: TrainConfig, threads: int = 1, source: str = "") -> None:
+    """OUT/job.json: the run's settings (corpus paths relative to OUT), the worker's thread count, and where the
+    text came from in words."""
+    train_d = {**to_dict(cfg), "corpus": corpus_from(out, cfg.corpus), "out": ""}
+    job = {"model": to_dict(model_cfg), "train": train_d, "threads": threads, "source": source,
+           "created": time.time()}
+    _write_json(out / JOB, job)
+
+
+def launch(out: Path, resume: bool = False) -> subprocess.Popen:
+    """Start the worker for OUT; its output goes to OUT/worker.log."""
+    _reap()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+           "PYTHONUNBUFFERED": "1"}
+    threads = int(_read_json(out / JOB).get("threads", 1))
+    env["OMP_NUM_THREADS"] = str(threads)
+    with open(out / LOG, "a", encoding="utf-8") as log:
+        p = subprocess.Popen([sys.executable, "-m", "llm.worker", str(out.resolve())] + (["--resume"] if resume else []),
+                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+    _children.append(p)
+    _write_json(out / STATUS, {"state": "started", "pid": p.pid, "time": time.time(), "resume": resume})
+    return p
+
+
+def stop(out: Path) -> bool:
+    """Ask OUT's worker (or a train_cli.py run) to stop, as Ctrl-C would; False when nothing runs there."""
+    pid = lock_pid(out) if is_running(out) else None
+    if not pid and run_status(out).state == "starting":  # not training yet: say so for the worker to see
+        status = _read_json(out / STATUS)
+        _write_json(out / STATUS, {**status, "stop_requested": True})
+        pid = status.get("pid")
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _reap() -> None:
+    """Collect the exit status of workers that ended, so none lingers as a zombie."""
+    _children[:] = [p for p in _children if p.poll() is None]
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -----------------------------------------------------------------------------
+# what a run's files say
+
+@dataclass
+class RunStatus:
+    """One run as the page shows it. state: starting | running | finished | stopped | failed | killed | empty |
+    gone (deleted)."""
+
+    name: str
+    state: str
+    message: str = ""
+    from_page: bool = False  # started in the page (job.json), not by train_cli.py
+    source: str = ""
+    step: int = 0
+    max_steps: int = 0
+    time_budget: float = 0.0  # seconds; the trainer's 5 minutes when neither limit is set
+    train_time: float = 0.0
+    tokens_per_step: int = 0
+    tokens_per_sec: float | None = None
+    bits_per_byte: float | None = None  # the latest evaluation's
+    best_bits_per_byte: float | None = None
+    sample: str = ""  # the latest evaluation's
+    has_best: bool = False
+    has_last: bool = False
+    params: int | None = None
+    updated: float = 0.0
+    rows: list[dict] = field(default_factory=list, repr=False)  # metrics.jsonl
+
+    @property
+    def live(self) -> bool:
+        return self.state in ("starting", "running")
+
+    def progress(self) -> float:
+        """How far the run is, 0-1: by steps or by the time budget, whichever is further."""
+        by_steps = self.step / self.max_steps if self.max_steps else 0.0
+        return min(1.0, max(by_steps, self.train_time / self.time_budget if self.time_budget else 0.0))
+
+    def seconds_left(self) -> float | None:
+        """Training seconds left (evaluation not counted), from the budget or the recent speed."""
+        left = []
+        if self.time_budget:
+            left.append(max(self.time_budget - self.train_time, 0.0))
+        if self.max_steps and self.tokens_per_sec and self.tokens_per_step:
+            left.append(max(self.max_steps - self.step, 0) * self.tokens_per_step / self.tokens_per_sec)
+        return min(left) if left else None
+
+
+def run_status(out: Path) -> RunStatus:
+    _reap()
+    if not out.is_dir():
+        return RunStatus(out.name, "gone", message="its directory was deleted")
+    job, status = _read_json(out / JOB), _read_json(out / STATUS)
+    s = RunStatus(out.name, _state(out, status), from_page=bool(job), source=str(job.get("source", "")))
+    s.message = str(status.get("message", "stopped before the first training step" if s.state == "stopped" else ""))
+    s.has_best, s.has_last = (out / "best" / CONFIG).is_file(), (out / "last" / CONFIG).is_file()
+    _settings_into(s, out, job)
+    s.rows = read_metrics(out) if (out / METRICS).is_file() else []
+    _metrics_into(s)
+    if s.has_best:
+        try:
+            best = read_meta(out / "best")
+            s.best_bits_per_byte, s.params = best.get("bits_per_byte"), best.get("params")
+        except (CheckpointError, OSError, ValueError):
+            pass
+    if s.state == "killed":
+        s.message = ("the training process ended without saying why (killed, or out of memory)"
+                     + ("; resume continues from the last save" if s.has_last else ""))
+    s.updated = max((_mtime(p) for p in (out, out / METRICS, out / STATUS, out / JOB)), default=0.0)
+    return s
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # deleted meanwhile
+        return 0.0
+
+
+def _state(out: Path, status: dict) -> str:
+    if is_running(out):
+        return "running"
+    said = status.get("state")
+    if said == "started":
+        return "starting" if _alive(status.get("pid")) else "stopped" if status.get("stop_requested") else "killed"
+    if said in ("finished", "stopped", "failed"):
+        return said
+    return "finished" if (out / "best" / CONFIG).is_file() else "empty"  # a CLI run, or one never started
+
+
+def _settings_into(s: RunStatus, out: Path, job: dict) -> None:
+    """The step limit, time budget and tokens per step: from job.json, else the last checkpoint's config."""
+    model, cfg = job.get("model"), job.get("train")
+    if not cfg:
+        for kind in ("last", "best"):
+            try:
+                d = read_config_dict(out / kind)
+                model, cfg = d.get("model"), d.get("train")
+                break
+            except (CheckpointError, OSError, ValueError):
+                continue
+    if not isinstance(cfg, dict) or not isinstance(model, dict):
+        return
+    num = lambda d, k: d.get(k) if isinstance(d.get(k), (int, float)) and not isinstance(d.get(k), bool) else 0  # noqa: E731
+    s.max_steps, s.time_budget = int(num(cfg, "max_steps")), float(num(cfg, "time_budget"))
+    if not s.max_steps and not s.time_budget:
+        s.time_budget = 300.0  # the trainer's default (Run.time_budget)
+    s.tokens_per_step = int(num(cfg, "batch_size") * max(num(cfg, "grad_accum"), 1) * num(model, "block_size"))
+
+
+def _metrics_into(s: RunStatus) -> None:
+    train_rows, evals = metric_rows(s.rows, "train"), metric_rows(s.rows, "eval")
+    last = max(train_rows[-1:] + evals[-1:], key=lambda r: r.get("step", 0), default={})
+    s.step = int(last.get("step", 0))
+    s.train_time = float(last.get("train_time", evals[-1].get("train_time", 0.0) if evals else 0.0))
+    recent = [r["dt"] for r in train_rows[-5:] if isinstance(r.get("dt"), (int, float)) and r["dt"] > 0]
+    if recent and s.tokens_per_step:
+        s.tokens_per_sec = s.tokens_per_step / (sum(recent) / len(recent))
+    elif evals:
+        s.tokens_per_sec = evals[-1].get("tokens_per_sec")
+    if evals:
+        s.bits_per_byte, s.sample = evals[-1].get("bits_per_byte"), str(evals[-1].get("sample", ""))
+
+
+def list_runs(runs_dir: str | Path) -> list[RunStatus]:
+    """Every run directory directly under runs_dir (page runs and train_cli.py runs), the newest first."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return []
+    dirs = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+            and any((d / f).exists() for f in (JOB, METRICS, "best", "last"))]
+    return sorted((run_status(d) for d in dirs), key=lambda s: s.updated, reverse=True)
+
+
+# -----------------------------------------------------------------------------
+# what a run will be
+
+@dataclass
+class Plan:
+    params: int
+    tokens_per_step: int
+    seconds_per_step: float | None  # measured on this device
+    steps: int | None  # the steps the run makes: its step limit, or what the time budget buys
+
+
+def plan(model_cfg: ModelConfig, cfg: TrainConfig, seconds_per_step: float | None) -> Plan:
+    """A run's size before it starts. The model is built on the meta device: no memory, no time."""
+    with torch.device("meta"):
+        params = GPT(model_cfg).num_params()
+    tokens = cfg.batch_size * cfg.grad_accum * model_cfg.block_size
+    budget = cfg.time_budget if cfg.time_budget or cfg.max_steps else 300.0
+    by_time = int(budget / seconds_per_step) if budget and seconds_per_step else None
+    steps = min(s for s in (cfg.max_steps or None, by_time) if s) if cfg.max_steps or by_time else None
+    return Plan(params, tokens, seconds_per_step, steps)
+
+
+def time_step(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu", batch: int = 4) -> float:
+    """Seconds one training step of this model takes here: two forward-backward passes of `batch` rows timed
+    after a warm-up one, scaled to the run's batch and accumulation."""
+    model = GPT(model_cfg).to(device)
+    x = torch.randint(model_cfg.vocab_size, (min(batch, cfg.batch_size), model_cfg.block_size), device=device)
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        model(x, x)[1].backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return min(times[1:]) * cfg.batch_size * cfg.grad_accum / len(x)
+
+
+# -----------------------------------------------------------------------------
+# the worker process
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(prog="python -m llm.worker", description="Train the run in OUT as its job.json says.")
+    p.add_argument("out")
+    p.add_argument("--resume", action="store_true")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # until the loop installs its own graceful stop
+        signal.signal(sig, _stop_now)
+    try:
+        if _read_json(out / STATUS).get("stop_requested"):  # Stop pressed while this process was starting up
+            raise Stopped
+        _write_json(out / STATUS, {"state": "started", "pid": os.getpid(), "time": time.time(), "resume": args.resume})
+        job = _read_json(out / JOB)
+        torch.set_num_threads(max(int(job.get("threads", 1)), 1))
+        if args.resume:
+            summary = train(None, TrainConfig(out=str(out)), resume=True, progress=False, log=print,
+                            evaluate_on_stop=True)
+        else:
+            model_cfg = from_dict(ModelConfig, job["model"])
+            cfg = from_dict(TrainConfig, {**job["train"], "corpus": corpus_at(out, job["train"]["corpus"]),
+                                          "out": str(out)})
+            summary = train(model_cfg, cfg, progress=False, log=print, evaluate_on_stop=True)
+    except Stopped:
+        return _ended(out, "stopped", "stopped before the first training step")
+    except (ValueError, TrainingError, OSError, KeyError) as e:
+        text = e.args[0] if isinstance(e, FieldNames) and e.args else str(e)
+        return _ended(out, "failed", str(text), code=1)
+    except Exception as e:  # a bug, or out of memory: its traceback goes to the log, its one line to the page
+        traceback.print_exc()
+        return _ended(out, "failed", f"the training process failed: {type(e).__name__}: {e}", code=1)
+    if summary["interrupted"]:
+        return _ended(out, "stopped", f"stopped at step {summary['step']}")
+    return _ended(out, "finished", f"finished after {summary['step']} steps")
+
+
+def _stop_now(signum, frame):
+    raise Stopped
+
+
+def _ended(out: Path, state: str, message: str, code: int = 0) -> int:
+    print(f"{state}: {message}", flush=True)
+    for where in (str(out.resolve()), str(out)):  # the page names runs, never this machine's paths
+        message = message.replace(where + os.sep, "").replace(where, out.name)
+    _write_json(out / STATUS, {"state": state, "message": message, "time": time.time()})
+    return code
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1), encoding="utf-8")
+    os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""The studio: runs trained in worker processes (llm/worker.py), the Train tab's words (llm/studio.py) and its
+handlers (train_tab.py), the model selector (playground.Models), and the launched app through gradio_client."""
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+import app
+import train_cli
+from conftest import make_text
+from llm import studio, worker
+from llm.checkpoint import read_metrics
+from llm.config import SettingError
+from llm.data import DataError
+from llm.model import GPT
+from llm.run import TrainConfig
+from playground import FIRST, Models, Playground, load_playground
+from train_tab import SOURCES, Studio, StudioSettings
+
+# a run of a few seconds: 1 layer x 32 dims (the Advanced settings, in studio.ADVANCED order)
+ADVANCED = {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 4, "lr": 3e-3,
+            "max_steps": 40, "eval_interval": 10, "dropout": 0.0, "seed": 1, "val_frac": 0.1,
+            "encoding_errors": "strict"}
+
+
+def settings(**changes) -> list:
+    """The Train tab's settings after the text: size, tokenizer, vocabulary, time budget, advanced."""
+    adv = {**ADVANCED, **changes}
+    return ["tiny", "bpe", 300, 600, *(adv[n] for n in studio.ADVANCED)]
+
+
+def wait_for(out: Path, done, timeout: float = 120.0) -> worker.RunStatus:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        s = worker.run_status(out)
+        if done(s):
+            return s
+        time.sleep(0.1)
+    raise AssertionError(f"timed out; the run is {s.state}: {(out / worker.LOG).read_text()[-2000:]}")
+
+
+def start_job(runs: Path, name: str, corpus_text: str, **train) -> Path:
+    out = worker.new_run(runs, name)
+    (out / worker.UPLOAD).write_text(corpus_text, encoding="utf-8")
+    model_cfg, cfg = studio.configs("tiny", "bpe", 300, 600.0, {**ADVANCED, **train},
+                                    corpus=(str(out / worker.UPLOAD),), out=str(out))
+    worker.write_job(out, model_cfg, cfg, threads=1, source="test")
+    worker.launch(out)
+    return out
+
+
+def losses(out: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(out) if r.get("kind") == "train"}
+
+
+# -----------------------------------------------------------------------------
+# the page's words and settings
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"", "the uploaded file is empty"),
+    (b" \n\t", "only whitespace"),
+    (b"abc\x00def" * 100, "binary file"),
+    (b"hello \xff world" * 60, "not valid UTF-8: byte 0xff at offset 6"),
+    (b"a short text", "too short for a context of 32 tokens"),
+    (b"x" * 2000, "the limit here is 1.0 KB"),
+], ids=["empty", "whitespace", "binary", "not-utf8", "short", "large"])
+def test_a_page_corpus_is_checked_in_words(data, expected):
+    with pytest.raises(DataError) as e:
+        studio.check_text(data, "the uploaded file", 1000, 32, 0.1)
+    message = studio.say(e.value)
+    assert expected in message and "`" not in message and "--" not in message
+
+
+def test_replace_lets_bad_bytes_through_and_a_long_enough_text_passes():
+    text = studio.check_text(b"hello \xff world\n" * 100, "the pasted text", 10_000, 32, 0.1, errors="replace")
+    assert "\ufffd" in text
+    with pytest.raises(DataError, match="“Invalid UTF-8”"):  # its hint names the page's control
+        try:
+            studio.check_text(b"\xff" * 1000, "the pasted text", 10_000, 32, 0.1)
+        except DataError as e:
+            raise DataError(studio.say(e)) from None
+
+
+def test_configs_speak_the_page_labels():
+    model, cfg = studio.configs("tiny", "bpe", 300, 60.0, ADVANCED)
+    # a step count replaces the time budget, so that the schedule follows steps (exact on resume)
+    assert (model.n_layer, model.vocab_size, cfg.max_steps, cfg.time_budget, cfg.compile) == (1, 300, 40, 0.0, False)
+    assert studio.configs("tiny", "bpe", 300, 60.0, {**ADVANCED, "max_steps": 0})[1].time_budget == 60.0
+    with pytest.raises(ValueError) as e:
+        studio.configs("tiny", "bpe", 300, 60.0, {**ADVANCED, "n_embd": 33})
+    assert studio.say(e.value) == "“Width” (33) must be divisible by “Heads” (2)"
+    with pytest.raises(SettingError, match="whole number"):
+        studio.configs("tiny", "bpe", 300, 60.0, {**ADVANCED, "n_layer": 1.5})
+    assert studio.size_settings("small")["n_embd"] == 128  # the sizes are train_cli.py's presets' shapes
+
+
+def test_plan_counts_what_the_trainer_builds():
+    model_cfg, cfg = studio.configs("tiny", "bpe", 300, 10.0, {**ADVANCED, "max_steps": 0})
+    p = worker.plan(model_cfg, cfg, seconds_per_step=0.01)
+    assert p.params == GPT(model_cfg).num_params()
+    assert p.tokens_per_step == 4 * 32 and p.steps == 1000
+    assert "1,000 steps in 10 s" in studio.plan_markdown(p, cfg, "cpu")
+    assert worker.plan(model_cfg, TrainConfig(max_steps=50, time_budget=10.0), 0.01).steps == 50
+
+
+def test_progress_and_status_escape_what_they_show():
+    s = worker.RunStatus("<b>run</b>", "running", step=5, max_steps=10, message="<script>")
+    assert "<b>run" not in studio.progress_html(s) and "step 5 of 10" in studio.progress_html(s)
+    assert 'aria-valuenow="50"' in studio.progress_html(s)
+
+
+# -----------------------------------------------------------------------------
+# runs in worker processes
+
+
+def test_stop_then_resume_ends_bit_identical_to_one_piece(tmp_path):
+    text = make_text(400)
+    ref = start_job(tmp_path / "runs", "ref", text)
+    cut = start_job(tmp_path / "runs", "cut", text)
+    wait_for(cut, lambda s: s.step >= 12)
+    assert worker.stop(cut)
+    s = wait_for(cut, lambda s: not s.live)
+    assert s.state == "stopped" and 12 <= s.step < 40, s
+    stopped_at = json.loads((cut / "last" / "meta.json").read_text())["step"]
+    assert (cut / "best").is_dir()  # Stop evaluated: last/ and best/ are saved where it stopped
+    assert json.loads((cut / "best" / "meta.json").read_text())["step"] == stopped_at == s.step
+    worker.launch(cut, resume=True)
+    assert wait_for(cut, lambda s: not s.live).state == "finished"
+    assert wait_for(ref, lambda s: not s.live).state == "finished"
+    a, b = losses(ref), losses(cut)
+    assert sorted(a) == sorted(b) and a == b
+    assert (ref / "last" / "model.safetensors").read_bytes() == (cut / "last" / "model.safetensors").read_bytes()
+
+
+def test_a_killed_worker_is_marked_stopped_and_resumes(tmp_path):
+    out = start_job(tmp_path / "runs", "killed", make_text(400), max_steps=100000)
+    s = wait_for(out, lambda s: s.has_last and s.state == "running")
+    os.kill(worker._read_json(out / worker.STATUS)["pid"], signal.SIGKILL)
+    s = wait_for(out, lambda s: not s.live, timeout=30)
+    assert s.state == "killed" and "stopped unexpectedly" in studio.run_label(s) and "resume" in s.message
+    assert worker.stop(out) is False  # nothing runs there
+    worker.launch(out, resume=True)
+    wait_for(out, lambda s: s.state == "running" and s.step > 20)
+    assert worker.stop(out)
+    assert wait_for(out, lambda s: not s.live).state == "stopped"
+
+
+def test_stop_before_the_first_step(tmp_path):
+    out = start_job(tmp_path / "runs", "early", make_text(400))
+    assert worker.run_status(out).state == "starting"
+    assert worker.stop(out)
+    s = wait_for(out, lambda s: not s.live, timeout=30)
+    assert s.state == "stopped" and s.step == 0 and s.message, s
+
+
+def test_a_cli_run_shows_live_and_finished(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(), encoding="utf-8")
+    out = tmp_path / "runs" / "cli"
+    from test_train import _run_cli
+
+    p = _run_cli(["--corpus", str(corpus), "--out", str(out), "--n-layer", "1", "--n-head", "2", "--n-embd", "32",
+                  "--block-size", "32", "--batch-size", "4", "--vocab-size", "300", "--max-steps", "100000",
+                  "--eval-interval", "10", "--no-progress", "--no-compile"], tmp_path)
+    s = wait_for(out, lambda s: s.state == "running" and s.has_last)  # the settings: from its first save
+    assert not s.from_page and s.max_steps == 100000 and s.tokens_per_sec
+    assert [r.name for r in worker.list_runs(tmp_path / "runs")] == ["cli"]
+    assert worker.stop(out)  # the page's Stop works on it too: SIGTERM, as train_cli.py handles it
+    p.wait(timeout=60)
+    assert worker.run_status(out).state == "finished"
+
+
+# -----------------------------------------------------------------------------
+# the Train tab's handlers
+
+
+@pytest.fixture
+def st(tmp_path) -> Studio:
+    return Studio(StudioSettings(runs_dir=tmp_path / "runs", max_corpus_bytes=100_000, max_time_budget=600))
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"", "empty"), (b"\x00\x01\x02" * 400, "binary"), (b"\xc3\x28" * 600, "not valid UTF-8: byte 0xc3 at offset 0"),
+    (b"x" * 200_000, "the limit here is 100.0 KB"), (b"tiny", "too short"),
+], ids=["empty", "binary", "not-utf8", "large", "short"])
+def test_bad_uploads_are_refused_in_words(st, tmp_path, data, expected):
+    f = tmp_path / "upload.txt"
+    f.write_bytes(data)
+    with pytest.raises(gr.Error) as e:
+        st.start(SOURCES[0], str(f), "", *settings())
+    assert expected in e.value.message and str(tmp_path) not in e.value.message
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())  # nothing was started
+
+
+def test_start_twice_stop_and_names_only(st, tmp_path):
+    with pytest.raises(gr.Error, match="choose a .txt file"):
+        st.start(SOURCES[0], None, "", *settings())
+    name = st.start(SOURCES[1], None, make_text(400), *settings(max_steps=20000))
+    with pytest.raises(gr.Error, match="training already"):
+        st.start(SOURCES[1], None, make_text(400), *settings())
+    with pytest.raises(gr.Error, match="pick a run"):
+        st.stop("../" + name)
+    wait_for(tmp_path / "runs" / name, lambda s: s.state == "running" and s.step >= 10)
+    assert "stopping" in st.stop(name)
+    wait_for(tmp_path / "runs" / name, lambda s: not s.live)
+    status, progress, plot, sample, stop, resume, open_btn = st.poll(name)
+    assert "stopped" in status and stop["interactive"] is False and resume["interactive"] and open_btn["interactive"]
+    assert set(plot["split"]) == {"train", "val"} and sample
+    with pytest.raises(gr.Error, match="not training"):
+        st.stop(name)
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs" / name)  # deleted while selected
+    assert "gone" in st.poll(name)[0]
+
+
+def test_settings_out_of_range_are_refused(st):
+    with pytest.raises(gr.Error, match="time budget"):
+        st.configs("tiny", "bpe", 300, 10_000, *settings()[4:])
+    with pytest.raises(gr.Error, match="model size"):
+        st.configs("large", "bpe", 300, 60, *settings()[4:])  # GPU sizes only where there is a GPU
+    assert "⚠️" in st.plan("tiny", "bpe", 300, 60, *settings(n_head=3)[4:])
+    assert "parameters" in st.plan(*settings())
+
+
+# -----------------------------------------------------------------------------
+# the models a page picks from
+
+
+def test_models_load_runs_by_name_and_drop_the_least_recent(tmp_path, run_dir_pair):
+    first, runs = run_dir_pair
+    models = Models(first, runs, keep=1)
+    a, b = models.get("run/a"), models.get("run/b")
+    assert a is not b and models.loaded() == ["run/b"]
+    assert models.get(FIRST) is first
+    assert models.get("run/b") is b  # held: not loaded again
+    for bad in ("run/../a", "run/missing", "/etc/passwd", "run/"):
+        with pytest.raises(Exception, match="gone|no model"):
+            models.get(bad)
+
+
+@pytest.fixture
+def run_dir_pair(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(), encoding="utf-8")
+    from test_app import TINY_RUN
+
+    for name in ("a", "b"):
+        assert train_cli.main(["--corpus", str(corpus), "--out", str(tmp_path / "runs" / name), *TINY_RUN]) == 0
+    first = Playground(*load_playground(str(tmp_path / "runs" / "a")))
+    return first, tmp_path / "runs"
+
+
+# -----------------------------------------------------------------------------
+# the launched app
+
+
+def test_upload_train_switch_and_generate_through_the_api(tmp_path):
+    from gradio_client import Client, handle_file
+    from test_app import free_port
+
+    loaded = load_playground(str(tiny_run_dir(tmp_path)))
+    demo = app.build_app(*loaded, stream_interval=0.0, settings=StudioSettings(runs_dir=tmp_path / "runs"))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        upload = tmp_path / "my text.txt"
+        upload.write_text(make_text(400), encoding="utf-8")
+        name = client.predict(SOURCES[0], handle_file(str(upload)), "", *settings(), api_name="/start_training")
+        assert name.startswith("my_text-")
+        out = tmp_path / "runs" / name
+        assert wait_for(out, lambda s: not s.live).state == "finished"
+        header = client.predict(f"run/{name}", api_name="/switch_model")
+        assert "40 steps" in header  # the new run (the model opened first made 6)
+        text, stats, *_ = client.predict("the", 20, api_name="/generate")
+        assert text.startswith("the") and "20 tokens" in stats or "end of text" in stats
+        with pytest.raises(Exception, match="pick a run"):
+            client.predict("nope", api_name="/stop_training")
+
+        # stop, resume, and a worker killed: the run is marked stopped, not left "training"
+        name = client.predict(SOURCES[1], None, make_text(400), *settings(max_steps=20000), api_name="/start_training")
+        out = tmp_path / "runs" / name
+        wait_for(out, lambda s: s.state == "running" and s.step >= 10)
+        client.predict(name, api_name="/stop_training")
+        stopped = wait_for(out, lambda s: not s.live)
+        assert stopped.state == "stopped" and "stopped" in client.predict(name, api_name="/run_status")[0]
+        client.predict(name, api_name="/resume_training")
+        wait_for(out, lambda s: s.state == "running" and s.step > stopped.step)
+        os.kill(worker._read_json(out / worker.STATUS)["pid"], signal.SIGKILL)
+        wait_for(out, lambda s: not s.live, timeout=30)
+        assert "stopped unexpectedly" in client.predict(name, api_name="/run_status")[0]
+    finally:
+        demo.close()
+
+
+def tiny_run_dir(tmp_path) -> Path:
+    from test_app import TINY_RUN
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(), encoding="utf-8")
+    assert train_cli.main(["--corpus", str(corpus), "--out", str(tmp_path / "first"), *TINY_RUN]) == 0
+    return tmp_path / "first"

@@ -1,0 +1,312 @@
+"""The Train tab: bring a text, train a tokenizer and a GPT on it in a worker process, watch it learn.
+
+    StudioSettings.from_env()    where runs live and what a run may take (environment variables, README)
+    Studio                       the tab's handlers: plan, start, stop, resume, poll (plain methods; tests call them)
+    train_tab(studio, ...)       the layout and wiring; app.py puts it beside the playground's tabs
+
+Training itself is llm.worker (a process per run, through llm.train as train_cli.py); the words are llm.studio's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+import torch
+
+from llm import studio, worker
+from llm.config import SettingError
+from llm.data import BUILTIN_CORPORA, DataError
+from llm.model import GPT, ModelConfig
+from llm.run import TrainConfig
+from playground import fail
+
+SOURCES = ["upload a .txt file", "paste text", *BUILTIN_CORPORA]
+NO_RUN = "Start a run, or pick one above to watch it."
+
+
+@dataclass
+class StudioSettings:
+    """What the Train tab may do here. From the environment: SCRATCHGPT_RUNS (the runs directory),
+    SCRATCHGPT_MAX_CORPUS_MB, SCRATCHGPT_MAX_TIME_BUDGET (seconds), SCRATCHGPT_TRAIN_THREADS (torch threads of a
+    training worker; the web server keeps the rest), SCRATCHGPT_MAX_RUNS (runs training at once)."""
+
+    runs_dir: Path = Path("checkpoints")
+    max_corpus_bytes: int = 20_000_000
+    max_time_budget: float = 3600.0
+    train_threads: int = max((os.cpu_count() or 2) // 2, 1)
+    max_live_runs: int = 1
+
+    @classmethod
+    def from_env(cls, runs_dir: str | Path | None = None, train_threads: int | None = None) -> StudioSettings:
+        env, d = os.environ, cls()
+        try:
+            return cls(runs_dir=Path(runs_dir or env.get("SCRATCHGPT_RUNS") or d.runs_dir),
+                       max_corpus_bytes=int(float(env.get("SCRATCHGPT_MAX_CORPUS_MB", d.max_corpus_bytes / 1e6)) * 1e6),
+                       max_time_budget=float(env.get("SCRATCHGPT_MAX_TIME_BUDGET", d.max_time_budget)),
+                       train_threads=int(train_threads or env.get("SCRATCHGPT_TRAIN_THREADS", d.train_threads)),
+                       max_live_runs=int(env.get("SCRATCHGPT_MAX_RUNS", d.max_live_runs)))
+        except ValueError as e:
+            raise ValueError(f"a SCRATCHGPT_ setting is not a number: {e}") from None
+
+    @property
+    def server_threads(self) -> int:
+        return max((os.cpu_count() or 2) - self.train_threads, 1)
+
+
+class Studio:
+    """The Train tab's handlers. Runs are named, never located by a path from the page: a name must be one of
+    the runs directory's own entries."""
+
+    def __init__(self, settings: StudioSettings):
+        self.settings = settings
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.sizes = [s for s in studio.SIZES if self.device == "cuda" or s not in studio.GPU_SIZES]
+        self._flops: float | None = None  # training FLOP/s measured here once, for plans
+        self._lock = threading.Lock()  # one start or resume at a time: two clicks cannot both pass the checks
+
+    # --- settings and plans
+
+    def configs(self, size, tokenizer, vocab_size, time_budget, *advanced, corpus=(), out="") -> tuple:
+        if size not in self.sizes:
+            raise fail(f"the model size must be one of {', '.join(self.sizes)}")
+        if not isinstance(time_budget, (int, float)) or not 0 < time_budget <= self.settings.max_time_budget:
+            raise fail(f"the time budget must be between 1 and {self.settings.max_time_budget:g} seconds")
+        try:
+            return studio.configs(size, tokenizer, vocab_size, float(time_budget),
+                                  dict(zip(studio.ADVANCED, advanced)), corpus, out)
+        except (SettingError, ValueError) as e:
+            raise fail(studio.say(e)) from None
+
+    def seconds_per_step(self, model_cfg, cfg: TrainConfig) -> float:
+        """By the FLOPs of a step and the training FLOP/s of a tiny model measured here once."""
+        with self._lock:
+            if self._flops is None:
+                m, c = studio.configs("tiny", "bpe", 1024, 60.0, {})
+                self._flops = _step_flops(m, c) / worker.time_step(m, c, self.device)
+        return _step_flops(model_cfg, cfg) / self._flops
+
+    def check_steps(self, model_cfg, cfg: TrainConfig) -> None:
+        """A step limit replaces the time budget: refused when it would take longer than the budget may."""
+        seconds = cfg.max_steps * self.seconds_per_step(model_cfg, cfg)
+        if seconds > self.settings.max_time_budget:
+            raise fail(f"{cfg.max_steps:,} steps would take about {seconds:,.0f} s here, over the limit of "
+                       f"{self.settings.max_time_budget:g} s: lower the step limit")
+
+    def plan(self, *settings) -> str:
+        """What the run will be: parameters, tokens per step, steps in the budget on this device."""
+        try:
+            model_cfg, cfg = self.configs(*settings)
+            self.check_steps(model_cfg, cfg)
+        except gr.Error as e:
+            return f"⚠️ {e.message}"
+        p = worker.plan(model_cfg, cfg, self.seconds_per_step(model_cfg, cfg))
+        return studio.plan_markdown(p, cfg, self.device)
+
+    # --- starting and stopping
+
+    def start(self, source: str, upload, pasted: str, *settings):
+        """A new run from the page's text and settings -> its name."""
+        model_cfg, cfg = self.configs(*settings)
+        self.check_steps(model_cfg, cfg)
+        corpus, data, stem = self._corpus(source, upload, pasted, model_cfg.block_size, cfg)
+        with self._lock:
+            self._check_room()
+            out = worker.new_run(self.settings.runs_dir, stem)
+            if data is not None:
+                (out / worker.UPLOAD).write_bytes(data)
+                corpus = (str(out / worker.UPLOAD),)
+            cfg = dataclasses.replace(cfg, corpus=corpus, out=str(out))
+            worker.write_job(out, model_cfg, cfg, self.settings.train_threads, source=stem.replace("_", " "))
+            worker.launch(out)
+        return out.name
+
+    def _corpus(self, source: str, upload, pasted: str, block_size: int, cfg: TrainConfig):
+        """(corpus specs, bytes to save as the run's corpus.txt or None, a name for the run)."""
+        if source in BUILTIN_CORPORA:
+            return (source,), None, source
+        if source == SOURCES[0]:
+            if not upload:
+                raise fail("choose a .txt file to upload first")
+            path = Path(upload)  # Gradio's own copy of the upload, in its cache
+            if path.stat().st_size > self.settings.max_corpus_bytes:  # not read into memory first
+                raise fail(f"the uploaded file is {studio.size_words(path.stat().st_size)}; the limit here is "
+                           f"{studio.size_words(self.settings.max_corpus_bytes)}")
+            data, what, stem = path.read_bytes(), "the uploaded file", Path(getattr(upload, "orig_name", None) or path.name).stem
+        elif source == SOURCES[1]:
+            data, what, stem = (pasted or "").encode("utf-8", "surrogatepass"), "the pasted text", "pasted"
+        else:
+            raise fail(f"the text must come from one of: {', '.join(SOURCES)}")
+        try:
+            studio.check_text(data, what, self.settings.max_corpus_bytes, block_size, cfg.val_frac,
+                              cfg.encoding_errors)
+        except DataError as e:
+            raise fail(studio.say(e)) from None
+        return (), data, stem
+
+    def _check_room(self) -> None:
+        live = [r for r in worker.list_runs(self.settings.runs_dir) if r.live]
+        if len(live) >= self.settings.max_live_runs:
+            raise fail(f"{live[0].name} is training already: stop it or wait for it to end"
+                       if len(live) == 1 else f"{len(live)} runs are training already: wait for one to end")
+
+    def run_dir(self, name: str) -> Path:
+        """A run's directory from its name, only if the runs directory lists it."""
+        names = {r.name for r in worker.list_runs(self.settings.runs_dir)}
+        if not name or name not in names:
+            raise fail("pick a run from the list (it may have been deleted)")
+        return self.settings.runs_dir / name
+
+    def stop(self, name: str) -> str:
+        if not worker.stop(self.run_dir(name)):
+            raise fail(f"{name} is not training")
+        return f"**{name}**: stopping: evaluating and saving…"
+
+    def resume(self, name: str) -> str:
+        out = self.run_dir(name)
+        s = worker.run_status(out)
+        if s.live:
+            raise fail(f"{name} is training already")
+        if not s.has_last:
+            raise fail(f"{name} has nothing to resume from: it saved no checkpoint (start a new run)")
+        if s.state not in ("stopped", "killed"):
+            raise fail(f"{name} is {studio.STATE_WORDS.get(s.state, s.state)}: only a stopped run resumes")
+        with self._lock:
+            self._check_room()
+            worker.launch(out, resume=True)
+        return f"**{name}**: resuming from its last save…"
+
+    # --- watching
+
+    def runs_update(self, value: str | None = None):
+        runs = worker.list_runs(self.settings.runs_dir)
+        choices = [(studio.run_label(r), r.name) for r in runs]
+        if value is None:  # a page opened afresh: the run in progress, else the newest
+            value = next((r.name for r in runs if r.live), runs[0].name if runs else None)
+        return gr.update(choices=choices, value=value)
+
+    def watch(self, name: str | None, listed: list):
+        """The timer's refresh: poll's outputs, then the runs list only if its entries changed since `listed`
+        (what the page shows; an update each tick would close the list under the user's hand) and the new list."""
+        choices = [[studio.run_label(r), r.name] for r in worker.list_runs(self.settings.runs_dir)]
+        return (*self.poll(name), gr.update(choices=choices) if choices != listed else gr.skip(), choices)
+
+    def poll(self, name: str | None):
+        """(status line, progress bar, loss plot, sample, Stop, Resume, Open) for the run being watched."""
+        if not name:
+            return NO_RUN, "", _curves([]), "", *_buttons(None)
+        out = self.settings.runs_dir / name
+        if name not in {r.name for r in worker.list_runs(self.settings.runs_dir)}:
+            return f"**{name}** is gone (deleted?): pick another run", "", _curves([]), "", *_buttons(None)
+        s = worker.run_status(out)
+        return (studio.status_markdown(s), studio.progress_html(s), _curves(s.rows), s.sample, *_buttons(s))
+
+
+def _step_flops(model_cfg: ModelConfig, cfg: TrainConfig) -> float:
+    with torch.device("meta"):
+        fpt = GPT(model_cfg).flops_per_token()
+    return fpt * cfg.batch_size * cfg.grad_accum * model_cfg.block_size
+
+
+def curve_frame(points: list[dict]) -> pd.DataFrame:
+    """Loss points as a line plot's frame; typed even when empty (a plot made from an untyped empty frame takes
+    its numbers for categories)."""
+    frame = pd.DataFrame(points, columns=["step", "loss", "split"])
+    return frame.astype({"step": "int64", "loss": "float64", "split": "str"})
+
+
+def _curves(rows: list[dict]) -> pd.DataFrame:
+    return curve_frame(studio.curve_rows(rows))
+
+
+def _buttons(s: worker.RunStatus | None) -> tuple:
+    live = bool(s and s.live)
+    return (gr.update(interactive=live),
+            gr.update(interactive=bool(s and not live and s.has_last and s.state in ("stopped", "killed"))),
+            gr.update(interactive=bool(s and s.has_best)))
+
+
+# -----------------------------------------------------------------------------
+# layout and wiring
+
+PRIVATE = dict(api_visibility="private")
+
+
+def setting(name: str, value, **kw):
+    """A control for one setting, with its label and its line of explanation."""
+    label, info = studio.FIELDS[name]
+    if name == "encoding_errors":
+        return gr.Radio(["strict", "replace"], value=value, label=label, info=info, **kw)
+    if isinstance(value, float) and name != "time_budget":
+        return gr.Number(value, label=label, info=info, **kw)
+    return gr.Number(value, label=label, info=info, precision=None, step=1, **kw)
+
+
+def train_tab(st: Studio, timer: gr.Timer) -> tuple[gr.Dropdown, gr.Button, gr.Markdown, list]:
+    """The tab. Returns what app.py wires to the rest of the page: the runs list, the Open button (it opens the
+    run in the other tabs), and the plan with the settings it is made from (filled when the page loads)."""
+    cap, sizes = st.settings.max_corpus_bytes, st.sizes
+    defaults = studio.size_settings("tiny")
+    with gr.Tab("Train", id="train"):
+        gr.Markdown("Train a tokenizer and a GPT on your own text. Training runs in its own process: close the page "
+                    "and it goes on; come back to watch it or to open the model in the other tabs.")
+        with gr.Row():
+            with gr.Column(scale=2):
+                source = gr.Radio(SOURCES, value=SOURCES[0], label="Text to learn from")
+                upload = gr.File(label=f"A .txt file (UTF-8, up to {studio.size_words(cap)})", file_types=[".txt"],
+                                 type="filepath", elem_id="corpus-upload")
+                pasted = gr.Textbox(label=f"Text (up to {studio.size_words(cap)})", lines=6, visible=False,
+                                    max_length=cap, elem_id="corpus-paste")
+                size = gr.Radio(sizes, value="tiny", label=studio.FIELDS["size"][0],
+                                info=" · ".join(f"{s}: {studio.SIZES[s][1]}" for s in sizes))
+                tokenizer = gr.Radio([("BPE", "bpe"), ("characters", "char")], value="bpe",
+                                     label=studio.FIELDS["tokenizer"][0], info=studio.FIELDS["tokenizer"][1])
+                vocab = gr.Slider(257, 8192, defaults["vocab_size"], step=1, label=studio.FIELDS["vocab_size"][0],
+                                  info=studio.FIELDS["vocab_size"][1])
+                budget = gr.Slider(10, st.settings.max_time_budget, min(120, st.settings.max_time_budget), step=10,
+                                   label=studio.FIELDS["time_budget"][0], info=studio.FIELDS["time_budget"][1])
+                with gr.Accordion("Advanced", open=False):
+                    advanced = [setting(n, defaults[n]) for n in studio.ADVANCED]
+                plan = gr.Markdown(elem_id="run-plan")
+                start = gr.Button("Start training", variant="primary")
+            with gr.Column(scale=3):
+                # custom values: the list is filled per page, and the handlers check every name against the runs
+                runs = gr.Dropdown([], label="Runs (page and command line)", allow_custom_value=True, elem_id="runs")
+                listed = gr.State([])  # the runs list as the page shows it
+                status = gr.Markdown(NO_RUN, elem_id="run-status")
+                progress = gr.HTML(elem_id="run-progress")
+                with gr.Row():
+                    stop = gr.Button("Stop", variant="stop", interactive=False)
+                    resume = gr.Button("Resume", interactive=False)
+                    open_btn = gr.Button("Open in the playground", variant="primary", interactive=False)
+                plot = gr.LinePlot(_curves([]), x="step", y="loss", color="split", label="Loss (live)",
+                                   color_map={"train": "#2563eb", "val": "#ea580c"}, y_title="loss (nats per token)",
+                                   elem_id="run-plot")
+                sample = gr.Textbox(label="Sample at the latest evaluation", lines=4, interactive=False,
+                                    elem_id="run-sample")
+    settings = [size, tokenizer, vocab, budget, *advanced]
+    watch = [status, progress, plot, sample, stop, resume, open_btn]
+    source.change(lambda s: (gr.update(visible=s == SOURCES[0]), gr.update(visible=s == SOURCES[1])), [source],
+                  [upload, pasted], queue=False, **PRIVATE)
+    size.change(lambda s: [gr.update(value=v) for v in _size_values(s)], [size], [vocab, *advanced], **PRIVATE)
+    for c in settings:
+        c.change(st.plan, settings, [plan], trigger_mode="always_last", show_progress="hidden", **PRIVATE)
+    started = gr.Textbox(visible=False)  # the new run's name: what the API returns
+    start.click(st.start, [source, upload, pasted, *settings], [started], api_name="start_training") \
+        .success(st.runs_update, [started], [runs], **PRIVATE)
+    stop.click(st.stop, [runs], [status], api_name="stop_training")
+    resume.click(st.resume, [runs], [status], api_name="resume_training")
+    runs.change(st.poll, [runs], watch, show_progress="hidden", api_name="run_status")
+    timer.tick(st.watch, [runs, listed], [*watch, runs, listed], show_progress="hidden", concurrency_limit=None,
+               **PRIVATE)
+    return runs, open_btn, plan, settings
+
+
+def _size_values(size: str) -> list:
+    values = studio.size_settings(size)
+    return [values["vocab_size"], *(values[n] for n in studio.ADVANCED)]
