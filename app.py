@@ -31,7 +31,7 @@ from llm.hub import ENV_CHECKPOINT
 from llm.sample import KNOBS, Knob
 from playground import (BUNDLED, BUNDLED_KEY, DEFAULTS, FIRST, SEED, SETTINGS,  # noqa: F401
                         Limits, Models, Playground, fail, find_checkpoint, load_playground, run_metrics)
-from train_tab import Studio, StudioSettings, curve_frame, train_tab
+from train_tab import Studio, StudioSettings, curve_svg, train_tab
 
 # ZeroGPU runs a decorated function in a forked worker and pickles its arguments and results, so it wraps the
 # handlers (the models are inherited by the fork, never pickled) and handlers return plain data (gr.update dicts).
@@ -207,9 +207,7 @@ def model_tab(models: Models, key: gr.State, timer: gr.Timer) -> Callable:
                                   interactive=False)
             summary = gr.Dataframe(pg.summary(), headers=["training", "value"], label="Training summary",
                                    interactive=False)
-        curves = gr.LinePlot(curve_frame(pg.loss_rows()), x="step", y="loss", color="split", label="Loss curves",
-                             color_map={"train": "#2563eb", "val": "#ea580c"}, x_title="step",
-                             y_title="loss (nats per token)", elem_id="model-curves")
+        curves = gr.HTML(curve_svg(pg.metric_rows(), "Loss curves"), elem_id="model-curves")
         gr.Markdown("### Attention")
         with gr.Row():
             attn_limit = min(lim.attention_tokens, cfg.block_size)
@@ -219,24 +217,29 @@ def model_tab(models: Models, key: gr.State, timer: gr.Timer) -> Callable:
             head = gr.Dropdown(["mean"] + [str(h) for h in range(cfg.n_head)], value="mean", label="Head", scale=1)
         attn_btn = gr.Button("Show attention")
         heatmap = gr.HTML()
+        shown = gr.State(None)  # the curves this page shows (in the tab: a State among the Tabs is taken for one)
     attn = gpu(on(models, "attention")), [key, attn_text, layer, head], [heatmap]
     attn_btn.click(*attn, api_name="attention")
     for name, trigger in (("attention_layer", layer.change), ("attention_head", head.change),
                           ("attention_tab", tab.select)):
         trigger(*attn, api_name=name, **PRIVATE)
 
-    def live(k):  # a run still training: its curves and summary as they are now
+    def live(k, shown):  # a run still training: its curves and summary, when they changed (a redraw flickers)
         if not models.training(k):
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), shown
         pg = session_model(models, k)
-        return curve_frame(pg.loss_rows(fresh=True)), pg.summary()
+        svg = curve_svg(pg.metric_rows(fresh=True), "Loss curves")
+        if (k, svg) == shown:
+            return gr.skip(), gr.skip(), shown
+        return svg, pg.summary(), (k, svg)
 
-    timer.tick(live, [key], [curves, summary], **POLL)
+    timer.tick(live, [key, shown], [curves, summary, shown], **POLL)
 
     def other_model(k):
         pg = session_model(models, k)
         c = pg.config
-        return (gr.update(value=config_rows(pg), label=config_label(pg)), pg.summary(), curve_frame(pg.loss_rows()),
+        return (gr.update(value=config_rows(pg), label=config_label(pg)), pg.summary(),
+                curve_svg(pg.metric_rows(), "Loss curves"),
                 gr.update(choices=[str(i) for i in range(c.n_layer)], value="0"),
                 gr.update(choices=["mean"] + [str(h) for h in range(c.n_head)], value="mean"),
                 gr.update(label=f"Short text (its first {min(lim.attention_tokens, c.block_size)} tokens are shown)"),
@@ -274,11 +277,12 @@ def model_choices(models: Models, st: Studio) -> list[tuple[str, str]]:
 
 def build_app(model, tokenizer, meta: dict, name: str = "model", metrics: list[dict] | None = None,
               train_config: dict | None = None, limits: Limits | None = None, stream_interval: float = 0.05,
-              settings: StudioSettings | None = None, keep_models: int = 3) -> gr.Blocks:
+              settings: StudioSettings | None = None) -> gr.Blocks:
     """The studio's Blocks, queued; the caller launches it. The model given is the one each session starts on."""
     first = Playground(model, tokenizer, meta, name, metrics, train_config, limits, stream_interval)
     st = Studio(settings or StudioSettings.from_env())
-    models = Models(first, st.settings.runs_dir, keep=keep_models, limits=limits, stream_interval=stream_interval)
+    models = Models(first, st.settings.runs_dir, keep=st.settings.max_models, limits=limits,
+                    stream_interval=stream_interval)
     with gr.Blocks(title="scratchgpt studio", analytics_enabled=False) as demo:  # no calls home
         key = gr.State(FIRST)  # this session's model
         with gr.Row(equal_height=True):

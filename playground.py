@@ -147,11 +147,11 @@ class Playground:
         self.device = str(next(model.parameters()).device)
         self.path = Path(meta["path"]) if meta.get("path") else None  # where it was loaded from (Models)
 
-    def loss_rows(self, fresh: bool = False) -> list[dict]:
-        """The Model tab's loss curves; `fresh` reads metrics.jsonl again (a run still training)."""
+    def metric_rows(self, fresh: bool = False) -> list[dict]:
+        """The rows of the model's metrics.jsonl; `fresh` reads it again (a run still training)."""
         if fresh and self.path is not None:
             self.metrics = run_metrics(self.path)
-        return viz.loss_curve_rows(self.metrics)
+        return self.metrics
 
     def summary(self) -> list[list[str]]:
         return viz.summary_rows(self.meta, self.train_config, self.metrics) or [["", "no training info"]]

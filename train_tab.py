@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
-import pandas as pd
 import torch
 
-from llm import studio, worker
+from llm import card, studio, worker
 from llm.config import SettingError
 from llm.data import BUILTIN_CORPORA, DataError
 from llm.model import GPT, ModelConfig
@@ -34,13 +33,15 @@ NO_RUN = "Start a run, or pick one above to watch it."
 class StudioSettings:
     """What the Train tab may do here. From the environment: SCRATCHGPT_RUNS (the runs directory),
     SCRATCHGPT_MAX_CORPUS_MB, SCRATCHGPT_MAX_TIME_BUDGET (seconds), SCRATCHGPT_TRAIN_THREADS (torch threads of a
-    training worker; the web server keeps the rest), SCRATCHGPT_MAX_RUNS (runs training at once)."""
+    training worker; the web server keeps the rest), SCRATCHGPT_MAX_RUNS (runs training at once),
+    SCRATCHGPT_MAX_MODELS (models held in memory besides the first)."""
 
     runs_dir: Path = Path("checkpoints")
     max_corpus_bytes: int = 20_000_000
     max_time_budget: float = 3600.0
     train_threads: int = max((os.cpu_count() or 2) // 2, 1)
     max_live_runs: int = 1
+    max_models: int = 3
 
     @classmethod
     def from_env(cls, runs_dir: str | Path | None = None, train_threads: int | None = None) -> StudioSettings:
@@ -50,7 +51,8 @@ class StudioSettings:
                        max_corpus_bytes=int(float(env.get("SCRATCHGPT_MAX_CORPUS_MB", d.max_corpus_bytes / 1e6)) * 1e6),
                        max_time_budget=float(env.get("SCRATCHGPT_MAX_TIME_BUDGET", d.max_time_budget)),
                        train_threads=int(train_threads or env.get("SCRATCHGPT_TRAIN_THREADS", d.train_threads)),
-                       max_live_runs=int(env.get("SCRATCHGPT_MAX_RUNS", d.max_live_runs)))
+                       max_live_runs=int(env.get("SCRATCHGPT_MAX_RUNS", d.max_live_runs)),
+                       max_models=int(env.get("SCRATCHGPT_MAX_MODELS", d.max_models)))
         except ValueError as e:
             raise ValueError(f"a SCRATCHGPT_ setting is not a number: {e}") from None
 
@@ -190,21 +192,26 @@ class Studio:
             value = next((r.name for r in runs if r.live), runs[0].name if runs else None)
         return gr.update(choices=choices, value=value)
 
-    def watch(self, name: str | None, listed: list):
-        """The timer's refresh: poll's outputs, then the runs list only if its entries changed since `listed`
-        (what the page shows; an update each tick would close the list under the user's hand) and the new list."""
+    def watch(self, name: str | None, shown: dict):
+        """The timer's refresh: poll's outputs, each skipped when it is what this page shows already (`shown`, a
+        session's state, returned updated): a plot redrawn every tick flickers, and a list updated under the
+        user's hand closes."""
         choices = [[studio.run_label(r), r.name] for r in worker.list_runs(self.settings.runs_dir)]
-        return (*self.poll(name), gr.update(choices=choices) if choices != listed else gr.skip(), choices)
+        status, progress, plot, sample, *buttons = self.poll(name)
+        now = {"plot": plot, "sample": (name, sample), "choices": choices}
+        keep = {k: shown.get(k) == v for k, v in now.items()}  # the plot's SVG itself: a few KB
+        return (status, progress, gr.skip() if keep["plot"] else plot, gr.skip() if keep["sample"] else sample,
+                *buttons, gr.skip() if keep["choices"] else gr.update(choices=choices), now)
 
     def poll(self, name: str | None):
         """(status line, progress bar, loss plot, sample, Stop, Resume, Open) for the run being watched."""
         if not name:
-            return NO_RUN, "", _curves([]), "", *_buttons(None)
+            return NO_RUN, "", curve_svg([]), "", *_buttons(None)
         out = self.settings.runs_dir / name
         if name not in {r.name for r in worker.list_runs(self.settings.runs_dir)}:
-            return f"**{name}** is gone (deleted?): pick another run", "", _curves([]), "", *_buttons(None)
+            return f"**{name}** is gone (deleted?): pick another run", "", curve_svg([]), "", *_buttons(None)
         s = worker.run_status(out)
-        return (studio.status_markdown(s), studio.progress_html(s), _curves(s.rows), s.sample, *_buttons(s))
+        return (studio.status_markdown(s), studio.progress_html(s), curve_svg(s.rows), s.sample, *_buttons(s))
 
 
 def _step_flops(model_cfg: ModelConfig, cfg: TrainConfig) -> float:
@@ -213,15 +220,10 @@ def _step_flops(model_cfg: ModelConfig, cfg: TrainConfig) -> float:
     return fpt * cfg.batch_size * cfg.grad_accum * model_cfg.block_size
 
 
-def curve_frame(points: list[dict]) -> pd.DataFrame:
-    """Loss points as a line plot's frame; typed even when empty (a plot made from an untyped empty frame takes
-    its numbers for categories)."""
-    frame = pd.DataFrame(points, columns=["step", "loss", "split"])
-    return frame.astype({"step": "int64", "loss": "float64", "split": "str"})
-
-
-def _curves(rows: list[dict]) -> pd.DataFrame:
-    return curve_frame(studio.curve_rows(rows))
+def curve_svg(rows: list[dict], title: str = "Loss (live)") -> str:
+    """A run's training loss (as logged) and validation loss (at each evaluation), drawn here as SVG: Gradio's
+    LinePlot, fed points while it is on screen, drew lines without colour when its first value was empty."""
+    return card.loss_curve_svg(rows, width=720, height=300, title=title, empty="no points yet", fit=True)
 
 
 def _buttons(s: worker.RunStatus | None) -> tuple:
@@ -277,18 +279,16 @@ def train_tab(st: Studio, timer: gr.Timer) -> tuple[gr.Dropdown, gr.Button, gr.M
             with gr.Column(scale=3):
                 # custom values: the list is filled per page, and the handlers check every name against the runs
                 runs = gr.Dropdown([], label="Runs (page and command line)", allow_custom_value=True, elem_id="runs")
-                listed = gr.State([])  # the runs list as the page shows it
                 status = gr.Markdown(NO_RUN, elem_id="run-status")
                 progress = gr.HTML(elem_id="run-progress")
                 with gr.Row():
                     stop = gr.Button("Stop", variant="stop", interactive=False)
                     resume = gr.Button("Resume", interactive=False)
                     open_btn = gr.Button("Open in the playground", variant="primary", interactive=False)
-                plot = gr.LinePlot(_curves([]), x="step", y="loss", color="split", label="Loss (live)",
-                                   color_map={"train": "#2563eb", "val": "#ea580c"}, y_title="loss (nats per token)",
-                                   elem_id="run-plot")
+                plot = gr.HTML(curve_svg([]), elem_id="run-plot")
                 sample = gr.Textbox(label="Sample at the latest evaluation", lines=4, interactive=False,
                                     elem_id="run-sample")
+                shown = gr.State({})  # what the timer last sent this page (Studio.watch); a State in Tabs is a tab
     settings = [size, tokenizer, vocab, budget, *advanced]
     watch = [status, progress, plot, sample, stop, resume, open_btn]
     source.change(lambda s: (gr.update(visible=s == SOURCES[0]), gr.update(visible=s == SOURCES[1])), [source],
@@ -296,13 +296,13 @@ def train_tab(st: Studio, timer: gr.Timer) -> tuple[gr.Dropdown, gr.Button, gr.M
     size.change(lambda s: [gr.update(value=v) for v in _size_values(s)], [size], [vocab, *advanced], **PRIVATE)
     for c in settings:
         c.change(st.plan, settings, [plan], trigger_mode="always_last", show_progress="hidden", **PRIVATE)
-    started = gr.Textbox(visible=False)  # the new run's name: what the API returns
-    start.click(st.start, [source, upload, pasted, *settings], [started], api_name="start_training") \
-        .success(st.runs_update, [started], [runs], **PRIVATE)
+    # the new run's name (what the API returns) into the list, then the list with its entry
+    start.click(st.start, [source, upload, pasted, *settings], [runs], api_name="start_training") \
+        .success(st.runs_update, [runs], [runs], **PRIVATE)
     stop.click(st.stop, [runs], [status], api_name="stop_training")
     resume.click(st.resume, [runs], [status], api_name="resume_training")
     runs.change(st.poll, [runs], watch, show_progress="hidden", api_name="run_status")
-    timer.tick(st.watch, [runs, listed], [*watch, runs, listed], show_progress="hidden", concurrency_limit=None,
+    timer.tick(st.watch, [runs, shown], [*watch, runs, shown], show_progress="hidden", concurrency_limit=None,
                **PRIVATE)
     return runs, open_btn, plan, settings
 

@@ -1,11 +1,16 @@
-"""Playground start-up and streaming latency, as a user meets them.
+"""Playground start-up and streaming latency, and the studio's, as a user meets them.
 
     python bench/app_bench.py [--checkpoint DIR] [--starts 3] [--requests 5] [--max-new-tokens 200]
+                              [--corpus FILE] [--no-studio]
 
 (a) seconds from `python app.py` (a fresh process: imports, checkpoint load, UI build) to its page being served;
 (b) through the API (gradio_client, as a browser's queue would): seconds from submitting `generate` to the first
     streamed update that carries generated text, the run's tokens/s as the app reports it, and for scale the
     round trip of a request that does almost nothing (`tokenize` of two characters).
+(c) the studio (unless --no-studio), on the last app started, with its runs in a temporary directory: seconds from
+    `start_training` (--corpus uploaded, the page's default settings) to the first loss point in `run_status` (what
+    the page's plot shows); seconds to switch to that run's model, the first time (a load) and again (held); and
+    (b)'s generate while the run trains against the same once it has been stopped.
 The checkpoint is the one app.py opens (or --checkpoint). Prints a Markdown table for bench/README.md.
 """
 
@@ -15,10 +20,12 @@ import argparse
 import os
 import platform
 import re
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -48,11 +55,11 @@ def wait_served(url: str, proc: subprocess.Popen, timeout: float = 300.0) -> Non
     raise TimeoutError(f"{url} not served after {timeout:.0f} s")
 
 
-def start_app(checkpoint: str) -> tuple[subprocess.Popen, str, float]:
+def start_app(checkpoint: str, runs: str) -> tuple[subprocess.Popen, str, float]:
     """Run `python app.py` and return (process, url, seconds until the page is served)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "SCRATCHGPT_RUNS": runs}
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--checkpoint", checkpoint,
                              "--host", "127.0.0.1", "--port", str(port)],
@@ -85,6 +92,50 @@ def first_token(client, prompt: str, max_new_tokens: int, seed: int) -> tuple[fl
     return (ttft if ttft is not None else float("nan")), final[1]
 
 
+def generation(client, args) -> tuple[list[float], list[float]]:
+    """(first-token seconds, tokens/s) of args.requests generate requests."""
+    ttfts, tps = [], []
+    for i in range(1, args.requests + 1):
+        ttft, line = first_token(client, args.prompt, args.max_new_tokens, seed=i)
+        print(f"request {i}: first token after {1000 * ttft:.0f} ms; {line}", flush=True)
+        ttfts.append(ttft)
+        tps.append(float(re.search(r"([\d.]+) tokens/s", line).group(1)))
+    return ttfts, tps
+
+
+def studio(client, runs: Path, corpus: str, args) -> dict:
+    """(c): start a run, time its first loss point and a model switch, and generate while it trains."""
+    from gradio_client import handle_file
+
+    from llm import studio as words
+
+    adv = words.size_settings("tiny")
+    t0 = time.perf_counter()
+    name = client.predict("upload a .txt file", handle_file(corpus), "", "tiny", "bpe", adv["vocab_size"], 120,
+                          *(adv[n] for n in words.ADVANCED), api_name="/start_training")
+    first_point = None
+    while first_point is None and time.perf_counter() - t0 < 300:
+        if client.predict(name, api_name="/run_status")[2]["data"]:
+            first_point = time.perf_counter() - t0
+        time.sleep(0.1)
+    print(f"run {name}: first loss point after {first_point:.1f} s", flush=True)
+    while not (runs / name / "best" / "config.json").is_file():
+        time.sleep(0.2)
+    switches = []
+    for key in (f"run/{name}", "start", f"run/{name}", "start", f"run/{name}"):
+        t = time.perf_counter()
+        client.predict(key, api_name="/switch_model")
+        switches.append(time.perf_counter() - t)
+    client.predict("start", api_name="/switch_model")
+    training = generation(client, args)
+    client.predict(name, api_name="/stop_training")
+    while "training" in client.predict(name, api_name="/run_status")[0].split("\n")[0]:
+        time.sleep(0.2)
+    idle = generation(client, args)
+    return {"first_point": first_point, "switch_cold": switches[0], "switch_warm": switches[2:],
+            "training": training, "idle": idle}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=None, help="default: what app.py opens")
@@ -92,15 +143,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=5, help="generate requests per measurement")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--prompt", default="ROMEO:\n")
+    p.add_argument("--corpus", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"),
+                   help="the text the studio's run trains on")
+    p.add_argument("--no-studio", action="store_true", help="skip (c)")
     args = p.parse_args(argv)
 
     import app
     from gradio_client import Client
 
     checkpoint = str(Path(app.find_checkpoint(args.checkpoint)).resolve())
+    runs = Path(tempfile.mkdtemp(prefix="app_bench_runs-"))
     starts = []
     for i in range(args.starts):
-        proc, url, dt = start_app(checkpoint)
+        proc, url, dt = start_app(checkpoint, str(runs))
         starts.append(dt)
         print(f"start {i + 1}: page served after {dt:.2f} s", flush=True)
         if i < args.starts - 1:
@@ -108,19 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         client = Client(url, verbose=False)
         cold, _ = first_token(client, args.prompt, args.max_new_tokens, seed=0)  # the first request after start
-        ttfts, tps = [], []
-        for i in range(1, args.requests + 1):
-            ttft, line = first_token(client, args.prompt, args.max_new_tokens, seed=i)
-            print(f"request {i}: first token after {1000 * ttft:.0f} ms; {line}", flush=True)
-            ttfts.append(ttft)
-            tps.append(float(re.search(r"([\d.]+) tokens/s", line).group(1)))
+        ttfts, tps = generation(client, args)
         trips = []
         for _ in range(args.requests):  # the queue's own latency: a request that does almost nothing
             t = time.perf_counter()
             client.predict("hi", api_name="/tokenize")
             trips.append(time.perf_counter() - t)
+        fig = None if args.no_studio else studio(client, runs, args.corpus, args)
     finally:
         stop_app(proc)
+        shutil.rmtree(runs, ignore_errors=True)
 
     import torch
 
@@ -144,6 +196,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| round trip of a trivial request, `tokenize` of 2 characters (ms) | {1000 * statistics.median(trips):.0f} "
           f"| {1000 * min(trips):.0f} | {1000 * max(trips):.0f} |")
     print(f"| first streamed token, first request after start (ms) | {1000 * cold:.0f} | | |")
+    if fig:
+        print(f"| studio: `start_training` to the first loss point on the page (s) | {fig['first_point']:.1f} | | |")
+        w = fig["switch_warm"]
+        print(f"| studio: switch to the run's model, first time: a load (ms) | {1000 * fig['switch_cold']:.0f} | | |")
+        print(f"| studio: switch between held models (ms), {len(w)} switches | {1000 * statistics.median(w):.0f} | "
+              f"{1000 * min(w):.0f} | {1000 * max(w):.0f} |")
+        for label, (tt, tp) in (("while a run trains", fig["training"]), ("idle, after it", fig["idle"])):
+            print(f"| studio: first streamed token {label} (ms) | {1000 * statistics.median(tt):.0f} | "
+                  f"{1000 * min(tt):.0f} | {1000 * max(tt):.0f} |")
+            print(f"| studio: generate {label} (tokens/s) | {statistics.median(tp):.0f} | {min(tp):.0f} | "
+                  f"{max(tp):.0f} |")
+        ratio = statistics.median(fig["training"][1]) / statistics.median(fig["idle"][1])
+        print(f"| studio: tokens/s while training / idle | {ratio:.2f} | | |")
     return 0
 
 

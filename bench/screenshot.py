@@ -1,10 +1,13 @@
 """Screenshot of the playground's Generate tab after a generation, for the README.
 
     python bench/screenshot.py [--checkpoint DIR] [--out assets/screenshot.png] [--prompt TEXT] [--all-tabs]
+    python bench/screenshot.py --train-tab CORPUS [--out assets/train.png]
 
 Launches app.py's Blocks on a free local port, drives Debian's chromium with Playwright (headless, no network),
 types the prompt, clicks Generate, waits for the run's stats, and saves a PNG. --all-tabs also saves one
-picture per tab next to --out (NAME-tokens.png, ...), to check the layout by eye.
+picture per tab next to --out (NAME-tokens.png, ...), to check the layout by eye. --train-tab uploads CORPUS in
+the Train tab (its runs in a temporary directory), starts a run with the page's defaults and a 60-second budget,
+and takes the picture 40 seconds in.
 """
 
 from __future__ import annotations
@@ -60,6 +63,19 @@ def generate_in_page(page, url: str, prompt: str, max_new_tokens: int | None = N
     page.get_by_text("first token after").wait_for(timeout=timeout_ms)
 
 
+def train_tab_in_page(page, url: str, corpus: str, seconds: float = 40.0) -> None:
+    page.goto(url)
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#corpus-upload input[type=file]").set_input_files(corpus)
+    budget = page.get_by_label("number input for Time budget (s)")
+    budget.fill("60")
+    budget.press("Tab")
+    page.get_by_text("in 60 s").wait_for(timeout=30_000)
+    page.get_by_role("button", name="Start training").click()
+    page.wait_for_timeout(seconds * 1000)
+    page.locator("#run-plot polyline").first.wait_for(timeout=30_000)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=None, help="as app.py's --checkpoint (default: what app.py opens)")
@@ -68,17 +84,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--all-tabs", action="store_true")
+    p.add_argument("--train-tab", metavar="CORPUS", help="a picture of the Train tab training on CORPUS")
     args = p.parse_args(argv)
+
+    import tempfile
 
     from playwright.sync_api import sync_playwright
 
-    demo, url = launch(args.checkpoint)
+    from train_tab import StudioSettings
+
+    runs = tempfile.mkdtemp(prefix="screenshot-runs-")
+    demo, url = launch(args.checkpoint, settings=StudioSettings(runs_dir=Path(runs), train_threads=1))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         with sync_playwright() as pw:
             browser = open_browser(pw)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
+            if args.train_tab:
+                train_tab_in_page(page, url, args.train_tab)
+                page.screenshot(path=str(out), full_page=True)
+                print(f"saved {out}")
+                return 0
             generate_in_page(page, url, args.prompt, args.max_new_tokens, args.seed)
             page.screenshot(path=str(out), full_page=True)
             print(f"saved {out}")
@@ -98,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             browser.close()
     finally:
         demo.close()
+        from llm import worker
+
+        for run in worker.list_runs(runs):  # a run still training ends with the picture
+            worker.stop(Path(runs) / run.name)
     return 0
 
 

@@ -67,20 +67,23 @@ def _series(rows: list[dict]) -> dict[str, list[tuple[float, float]]]:
     return {"train": _bucket_means(train, 400), "val": metric_points(rows, "eval", "val_loss")}
 
 
-def loss_curve_svg(rows: list[dict], width: int = 640, height: int = 320, title: str = "Loss") -> str:
-    """Train and validation loss against step, as a self-contained SVG document."""
+def loss_curve_svg(rows: list[dict], width: int = 640, height: int = 320, title: str = "Loss",
+                   empty: str = "no metrics recorded", fit: bool = False) -> str:
+    """Train and validation loss against step, as a self-contained SVG document. `fit`: as wide as its container
+    (up to `width`), for a page."""
     series = _series(rows)
     colors = {"train": "#7aa6d8", "val": "#d9534f"}
     left, right, top, bottom = 56, 16, 30, 42  # margins: room for tick labels and the legend
     pw, ph = width - left - right, height - top - bottom
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+    size = (f'width="100%" style="max-width:{width}px;height:auto"' if fit else f'width="{width}" height="{height}"')
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" {size} '
            f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
            f'<rect width="{width}" height="{height}" fill="white"/>',
            f'<text x="{left}" y="18" font-size="13" font-weight="bold">{escape(title)}</text>']
     pts = [p for s in series.values() for p in s]
     if not pts:
         out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" fill="#666">'
-                   f'no metrics recorded</text></svg>')
+                   f'{escape(empty)}</text></svg>')
         return "\n".join(out) + "\n"
 
     x0, x1 = min(0.0, min(p[0] for p in pts)), max(p[0] for p in pts)

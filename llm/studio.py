@@ -15,7 +15,6 @@ import html
 import math
 import re
 
-from llm.checkpoint import metric_points
 from llm.config import FIELD, FieldNames, SettingError, from_dict
 from llm.data import DataError, decode_text
 from llm.model import ModelConfig
@@ -155,14 +154,6 @@ def plan_markdown(plan: Plan, cfg: TrainConfig, device: str) -> str:
     elif plan.steps:
         parts.append(f"about {plan.steps:,} steps in {cfg.time_budget:g} s")
     return "This run: " + " · ".join(parts)
-
-
-def curve_rows(rows: list[dict]) -> list[dict]:
-    """A run's live plot, long-form {step, loss, split}: the training loss as logged (every `log_interval`
-    steps, so the first points come seconds after the start) and the validation loss at each evaluation."""
-    points = [{"step": s, "loss": v, "split": "train"} for s, v in metric_points(rows, "train", "loss")]
-    points += [{"step": s, "loss": v, "split": "val"} for s, v in metric_points(rows, "eval", "val_loss")]
-    return sorted(points, key=lambda p: p["step"])
 
 
 STATE_WORDS = {"starting": "starting", "running": "training", "finished": "finished", "stopped": "stopped",

@@ -11,7 +11,7 @@
     chunk_highlight, text_counts                 the tokenizer explorer: pre-split chunks, counts
     merge_tree, merge_tree_text                  how a BPE token was built from bytes
     search_vocab, special_rows, token_kind       the vocabulary browser
-    loss_curve_rows, summary_rows, format_count  the model tab's plot data and tables
+    summary_rows, format_count                   the model tab's tables
     attention_maps, attention_html               attention weights and their heatmap
 
 Token text is user text: whatever is built into HTML or Markdown here is escaped (html.escape, escape_markdown).
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llm.checkpoint import corpus_names, metric_points, metric_rows
+from llm.checkpoint import corpus_names, metric_rows
 from llm.sample import Step, next_token_stats
 
 GLYPHS = {" ": "·", "\t": "→", "\n": "↵\n", "\r": "␍"}  # the newline glyph keeps its line break
@@ -361,15 +361,6 @@ def format_count(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.3g}{unit}"
     return str(n)
-
-
-def loss_curve_rows(rows: Iterable[dict]) -> list[dict]:
-    """metrics.jsonl rows -> long-form points {step, loss, split} of the evaluations, for a line plot with one
-    line per split. Non-finite values are left out."""
-    rows = list(rows)
-    points = [{"step": s, "loss": v, "split": split} for split in ("train", "val")
-              for s, v in metric_points(rows, "eval", f"{split}_loss")]
-    return sorted(points, key=lambda p: p["step"])
 
 
 def _fmt(v) -> str:

@@ -101,3 +101,58 @@ def test_stop_button_cancels(served, page):
         slow.remove()
     page.get_by_role("button", name="Generate").click()  # the app still serves
     page.get_by_text("first token after").wait_for(timeout=60_000)
+
+
+@pytest.fixture
+def studio_served(tmp_path):
+    """The app with its runs in tmp_path/runs (the first model: the shared tiny run)."""
+    from train_tab import StudioSettings
+
+    loaded = app.load_playground(str(tiny_run(tmp_path)))
+    demo = app.build_app(*loaded, settings=StudioSettings(runs_dir=tmp_path / "runs", train_threads=1))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+def _plot_points(page) -> int:
+    """How many points the live plot draws (its lines are SVG polylines)."""
+    return sum(len((p or "").split()) for p in page.locator("#run-plot polyline").evaluate_all(
+        "lines => lines.map(l => l.getAttribute('points'))"))
+
+
+def test_train_tab_upload_start_watch_open_in_chromium(studio_served, page, tmp_path):
+    """Upload a file, start a run, see the live plot gain points and a sample appear, open the result in
+    Generate and get text."""
+    from conftest import make_text
+
+    upload = tmp_path / "notes.txt"
+    upload.write_text(make_text(400), encoding="utf-8")
+    page.goto(studio_served)
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#corpus-upload input[type=file]").set_input_files(str(upload))
+    page.get_by_text("Advanced").click()
+    for label, value in (("Layers", 1), ("Heads", 2), ("Width", 32), ("Context length", 32), ("Batch size", 4),
+                         ("Step limit", 2000), ("Evaluate every", 200)):
+        page.get_by_label(label, exact=True).fill(str(value))
+        page.get_by_label(label, exact=True).press("Tab")
+    page.get_by_text("2,000 steps").wait_for(timeout=30_000)  # the plan follows the settings
+    page.get_by_role("button", name="Start training").click()
+    page.locator("#run-status").get_by_text("notes-").wait_for(timeout=30_000)
+    deadline, seen = time.time() + 120, set()
+    while time.time() < deadline and len(seen) < 2:
+        seen.add(_plot_points(page))
+        seen.discard(0)
+        page.wait_for_timeout(200)
+    assert len(seen) >= 2, seen  # the plot refreshed by itself, with more points each time
+    page.locator("#run-status").get_by_text("finished").wait_for(timeout=120_000)
+    assert page.locator("#run-sample textarea").input_value().strip()
+    page.get_by_role("button", name="Open in the playground").click()
+    page.locator("#header").get_by_text("notes-").wait_for(timeout=30_000)  # the new model is this page's
+    page.get_by_label("Prompt").fill("KING:")
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text("first token after").wait_for(timeout=60_000)
+    assert len(page.locator("#output textarea").input_value()) > len("KING:")

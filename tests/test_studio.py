@@ -207,13 +207,17 @@ def test_start_twice_stop_and_names_only(st, tmp_path):
     with pytest.raises(gr.Error, match="pick a run"):
         st.stop("../" + name)
     wait_for(tmp_path / "runs" / name, lambda s: s.state == "running" and s.step >= 10)
-    assert "stopping" in st.stop(name)
+    assert "stopping" in Studio(st.settings).stop(name)  # a restarted server finds the run and stops it
     wait_for(tmp_path / "runs" / name, lambda s: not s.live)
     status, progress, plot, sample, stop, resume, open_btn = st.poll(name)
     assert "stopped" in status and stop["interactive"] is False and resume["interactive"] and open_btn["interactive"]
-    assert set(plot["split"]) == {"train", "val"} and sample
+    assert plot.count("<polyline") == 2 and "val (last" in plot and sample  # training and validation loss
     with pytest.raises(gr.Error, match="not training"):
         st.stop(name)
+    *first, shown = st.watch(name, {})  # the timer's refresh sends the plot once, then skips it while unchanged
+    assert first[2] == plot and first[-1]["choices"]
+    *again, _ = st.watch(name, shown)
+    assert again[2] == again[3] == again[-1] == gr.skip()
     import shutil
 
     shutil.rmtree(tmp_path / "runs" / name)  # deleted while selected
@@ -281,6 +285,12 @@ def test_upload_train_switch_and_generate_through_the_api(tmp_path):
         assert "40 steps" in header  # the new run (the model opened first made 6)
         text, stats, *_ = client.predict("the", 20, api_name="/generate")
         assert text.startswith("the") and "20 tokens" in stats or "end of text" in stats
+        # the model belongs to the session: another client still sees the model the server opened with
+        other = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        sample = "the king shall speak to thee, sweet love"
+        mine = json.loads(client.predict(sample, api_name="/tokenize")[0])
+        theirs = json.loads(other.predict(sample, api_name="/tokenize")[0])
+        assert mine == load_playground(str(out))[1].encode(sample) != theirs == loaded[1].encode(sample)
         with pytest.raises(Exception, match="pick a run"):
             client.predict("nope", api_name="/stop_training")
 

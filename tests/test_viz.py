@@ -220,17 +220,6 @@ def test_format_count(n, shown):
     assert viz.format_count(n) == shown
 
 
-def test_loss_curve_rows():
-    rows = [{"kind": "eval", "step": 10, "train_loss": 3.0, "val_loss": 3.5},
-            {"kind": "train", "step": 15, "train_loss": 2.9},
-            {"step": 20, "train_loss": 2.0, "val_loss": float("nan")},
-            {"kind": "eval", "val_loss": 1.0}]
-    assert viz.loss_curve_rows(rows) == [{"step": 10, "loss": 3.0, "split": "train"},
-                                         {"step": 10, "loss": 3.5, "split": "val"},
-                                         {"step": 20, "loss": 2.0, "split": "train"}]
-    assert viz.loss_curve_rows([]) == []
-
-
 def test_summary_rows():
     meta = {"step": 6, "val_loss": 5.6977, "bits_per_byte": 4.5014, "tokens_seen": 768}
     rows = dict(viz.summary_rows(meta, {"corpus": ["a.txt", "b.txt"], "lr": 0.003}, [{"train_loss": 5.69}]))
