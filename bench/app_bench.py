@@ -115,7 +115,7 @@ def studio(client, runs: Path, corpus: str, args) -> dict:
                           *(adv[n] for n in words.ADVANCED), api_name="/start_training")
     first_point = None
     while first_point is None and time.perf_counter() - t0 < 300:
-        if client.predict(name, api_name="/run_status")[2]["data"]:
+        if "<polyline" in client.predict(name, api_name="/run_status")[2]:  # the plot has a line
             first_point = time.perf_counter() - t0
         time.sleep(0.1)
     print(f"run {name}: first loss point after {first_point:.1f} s", flush=True)

@@ -118,15 +118,15 @@ def studio_served(tmp_path):
         demo.close()
 
 
-def _plot_points(page) -> int:
-    """How many points the live plot draws (its lines are SVG polylines)."""
-    return sum(len((p or "").split()) for p in page.locator("#run-plot polyline").evaluate_all(
+def _plot_points(page, plot: str = "#run-plot") -> int:
+    """How many points a loss plot draws (its lines are SVG polylines)."""
+    return sum(len((p or "").split()) for p in page.locator(f"{plot} polyline").evaluate_all(
         "lines => lines.map(l => l.getAttribute('points'))"))
 
 
 def test_train_tab_upload_start_watch_open_in_chromium(studio_served, page, tmp_path):
-    """Upload a file, start a run, see the live plot gain points and a sample appear, open the result in
-    Generate and get text."""
+    """Upload a file, start a run, see the live plot gain points, open the run while it trains (its curves in the
+    Model tab gain points too), generate with it, and see the run finish with a sample."""
     from conftest import make_text
 
     upload = tmp_path / "notes.txt"
@@ -148,11 +148,24 @@ def test_train_tab_upload_start_watch_open_in_chromium(studio_served, page, tmp_
         seen.discard(0)
         page.wait_for_timeout(200)
     assert len(seen) >= 2, seen  # the plot refreshed by itself, with more points each time
-    page.locator("#run-status").get_by_text("finished").wait_for(timeout=120_000)
-    assert page.locator("#run-sample textarea").input_value().strip()
+    # open the run while it trains: the Model tab's curves follow it, then generate with it
     page.get_by_role("button", name="Open in the playground").click()
     page.locator("#header").get_by_text("notes-").wait_for(timeout=30_000)  # the new model is this page's
+    page.get_by_role("tab", name="Model").click()
+    first = _plot_points(page, "#model-curves")
+    deadline = time.time() + 60
+    while time.time() < deadline and _plot_points(page, "#model-curves") <= first:
+        page.wait_for_timeout(200)
+    assert _plot_points(page, "#model-curves") > first > 0
+    page.get_by_role("tab", name="Generate").click()
     page.get_by_label("Prompt").fill("KING:")
     page.get_by_role("button", name="Generate").click()
     page.get_by_text("first token after").wait_for(timeout=60_000)
     assert len(page.locator("#output textarea").input_value()) > len("KING:")
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#run-status").get_by_text("finished").wait_for(timeout=120_000)
+    assert page.locator("#run-sample textarea").input_value().strip()
+    page.reload()  # a page opened again lists the run and shows it
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#run-status").get_by_text("finished").wait_for(timeout=30_000)
+    assert "notes-" in page.locator("#runs input").input_value()

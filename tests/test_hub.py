@@ -268,6 +268,18 @@ def test_load_checkpoint_by_repo_id(staged, offline_hub):
     assert meta["path"] == str(snap)
 
 
+def test_the_model_selector_takes_a_repo_id(staged, run_dir, offline_hub):
+    from playground import Models, Playground, load_playground
+
+    snap = build_cache(offline_hub, "alice/tiny", staged, SHA_MAIN)
+    models = Models(Playground(*load_playground(str(run_dir))))
+    assert models.get("alice/tiny").path == snap and models.loaded() == ["alice/tiny"]
+    with pytest.raises(hub.HubError, match="alice/missing"):
+        models.get("alice/missing")
+    with pytest.raises(hub.CheckpointError, match="no model 'alice/tiny' here: pick one from the list$"):
+        Models(models.first, allow_hub=False).get("alice/tiny")
+
+
 def test_offline_and_not_cached_is_one_clear_error(offline_hub):
     with pytest.raises(hub.HubError) as e:
         hub.download("alice/missing")
