@@ -197,8 +197,9 @@ def tokenizer_tab(models: Models, key: gr.State) -> Callable:
     return switched
 
 
-def model_tab(models: Models, key: gr.State, timer: gr.Timer) -> Callable:
-    """The config, the training summary and loss curves (live while the run trains), and an attention heatmap."""
+def model_tab(models: Models, key: gr.State, timer: gr.Timer, header: gr.Markdown) -> Callable:
+    """The config, the training summary and loss curves (live while the run trains: the page's header too), and an
+    attention heatmap."""
     pg = models.first
     lim, cfg = pg.limits, pg.config
     with gr.Tab("Model", id="model") as tab:
@@ -224,16 +225,14 @@ def model_tab(models: Models, key: gr.State, timer: gr.Timer) -> Callable:
                           ("attention_tab", tab.select)):
         trigger(*attn, api_name=name, **PRIVATE)
 
-    def live(k, shown):  # a run still training: its curves and summary, when they changed (a redraw flickers)
-        if not models.training(k):
-            return gr.skip(), gr.skip(), shown
-        pg = session_model(models, k)
-        svg = curve_svg(pg.metric_rows(fresh=True), "Loss curves")
-        if (k, svg) == shown:
-            return gr.skip(), gr.skip(), shown
-        return svg, pg.summary(), (k, svg)
+    def live(k, shown):  # a run's model whose metrics changed (it trains): its curves, summary and header again
+        version = models.metrics_version(k)
+        if version is None or (k, version) == shown:
+            return gr.skip(), gr.skip(), gr.skip(), shown
+        pg = session_model(models, k)  # a better best/ saved meanwhile is loaded now
+        return curve_svg(pg.metric_rows(fresh=True), "Loss curves"), pg.summary(), pg.header(), (k, version)
 
-    timer.tick(live, [key, shown], [curves, summary, shown], **POLL)
+    timer.tick(live, [key, shown], [curves, summary, header, shown], **POLL)
 
     def other_model(k):
         pg = session_model(models, k)
@@ -266,11 +265,11 @@ def model_choices(models: Models, st: Studio) -> list[tuple[str, str]]:
     """The selector's entries: the model opened first, the bundled one, and every run with a saved best/."""
     first = models.first
     choices = [(f"{first.name} (opened at start)", FIRST)]
-    is_bundled = first.path is not None and first.path.resolve() == BUNDLED.resolve()
-    if not is_bundled and (BUNDLED / "config.json").is_file():
+    opened = first.path.resolve() if first.path is not None else None
+    if opened != BUNDLED.resolve() and (BUNDLED / "config.json").is_file():
         choices.append(("bundled model (assets/model)", BUNDLED_KEY))
-    for r in worker.list_runs(st.settings.runs_dir):
-        if r.has_best and not (first.path is not None and first.path.resolve() == (st.settings.runs_dir / r.name / "best").resolve()):
+    for r in worker.list_runs(st.settings.runs_dir, metrics=False):
+        if r.has_best and opened != (st.settings.runs_dir / r.name / "best").resolve():
             choices.append((studio.run_label(r), f"run/{r.name}"))
     return choices
 
@@ -295,7 +294,7 @@ def build_app(model, tokenizer, meta: dict, name: str = "model", metrics: list[d
         with gr.Tabs() as tabs:
             prompt, generate_switched = generate_tab(models, key, run)
             hooks = [generate_switched, tokens_tab(models, key, run, prompt), tokenizer_tab(models, key),
-                     model_tab(models, key, timer)]
+                     model_tab(models, key, timer, header)]
             runs, open_btn, plan, settings_inputs = train_tab(st, timer)
 
         def switch(k):

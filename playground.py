@@ -26,7 +26,7 @@ import gradio as gr
 import torch
 
 from llm import viz
-from llm.checkpoint import (CONFIG, META, CheckpointError, is_running, load_checkpoint, metrics_dir, read_config,
+from llm.checkpoint import (CONFIG, META, METRICS, CheckpointError, load_checkpoint, metrics_dir, read_config,
                             read_metrics)
 from llm.config import SettingError
 from llm.hub import default_checkpoint, is_hub_spec, resolve_checkpoint
@@ -317,7 +317,8 @@ class Models:
         self.runs_dir = Path(runs_dir) if runs_dir else None
         self.kwargs = playground_kwargs  # limits, stream_interval: as the first model's
         self._loaded: OrderedDict[tuple, Playground] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _loaded and _loading
+        self._loading: dict[str, threading.Lock] = {}  # one per key, held while that model loads
 
     def locate(self, key: str) -> tuple[str, tuple]:
         """key -> (the checkpoint spec to load, its cache key: the key and the version of the files)."""
@@ -342,22 +343,34 @@ class Models:
                 and self.first.path.resolve() == BUNDLED.resolve():
             return self.first
         spec, cache_key = self.locate(key)
-        with self._lock:  # one load at a time: two sessions asking for one model load it once
+        with self._lock:
             if cache_key in self._loaded:
                 self._loaded.move_to_end(cache_key)
                 return self._loaded[cache_key]
-            for old in [k for k in self._loaded if k[0] == key]:  # an older version of the same run
-                del self._loaded[old]
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:  # two sessions asking for one model load it once; other models do not wait for it
+            with self._lock:
+                if cache_key in self._loaded:
+                    return self._loaded[cache_key]
             pg = Playground(*load_playground(spec), **self.kwargs)
-            self._loaded[cache_key] = pg
-            while len(self._loaded) > self.keep:
-                self._loaded.popitem(last=False)
+            with self._lock:
+                for old in [k for k in self._loaded if k[0] == key]:  # an older version of the same run
+                    del self._loaded[old]
+                self._loaded[cache_key] = pg
+                while len(self._loaded) > self.keep:
+                    self._loaded.popitem(last=False)
             return pg
 
-    def training(self, key: str) -> bool:
-        """Whether the key is a run that is training now (its curves change)."""
+    def metrics_version(self, key: str) -> int | None:
+        """For a run's key, when its metrics.jsonl last changed (a run training writes it; its model's curves,
+        figures and best/ follow); None for other keys."""
         m = RUN_KEY.fullmatch(key or "")
-        return bool(m and self.runs_dir is not None and is_running(self.runs_dir / m[1]))
+        if not m or self.runs_dir is None:
+            return None
+        try:
+            return (self.runs_dir / m[1] / METRICS).stat().st_mtime_ns
+        except OSError:
+            return None
 
     def loaded(self) -> list[str]:
         return [k[0] for k in self._loaded]

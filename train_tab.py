@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import gradio as gr
 import torch
 
-from llm import card, studio, worker
+from llm import card, studio, viz, worker
 from llm.config import SettingError
 from llm.data import BUILTIN_CORPORA, DataError
 from llm.model import GPT, ModelConfig
@@ -27,6 +28,8 @@ from playground import fail
 
 SOURCES = ["upload a .txt file", "paste text", *BUILTIN_CORPORA]
 NO_RUN = "Start a run, or pick one above to watch it."
+RESUMABLE = ("stopped", "killed", "failed")  # with a last/ checkpoint
+TIMED_FLOPS = 5e9  # a model whose timing pass costs more is estimated from its FLOPs instead
 
 
 @dataclass
@@ -69,7 +72,8 @@ class Studio:
         self.settings = settings
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.sizes = [s for s in studio.SIZES if self.device == "cuda" or s not in studio.GPU_SIZES]
-        self._flops: float | None = None  # training FLOP/s measured here once, for plans
+        self._flops: float | None = None  # training FLOP/s measured here once, for the plans of big models
+        self._timed: dict[tuple, float] = {}  # seconds per step, by shape
         self._lock = threading.Lock()  # one start or resume at a time: two clicks cannot both pass the checks
 
     # --- settings and plans
@@ -85,13 +89,19 @@ class Studio:
         except (SettingError, ValueError) as e:
             raise fail(studio.say(e)) from None
 
-    def seconds_per_step(self, model_cfg, cfg: TrainConfig) -> float:
-        """By the FLOPs of a step and the training FLOP/s of a tiny model measured here once."""
-        with self._lock:
-            if self._flops is None:
-                m, c = studio.configs("tiny", "bpe", 1024, 60.0, {})
-                self._flops = _step_flops(m, c) / worker.time_step(m, c, self.device)
-        return _step_flops(model_cfg, cfg) / self._flops
+    def seconds_per_step(self, model_cfg: ModelConfig, cfg: TrainConfig) -> float:
+        """A step of this model timed here (kept per shape), or, for a model too big to time in the server, its
+        FLOPs at the rate measured once on the tiny size."""
+        key = (repr(model_cfg), cfg.batch_size, cfg.grad_accum, cfg.optimizer)
+        with self._lock:  # one timing at a time: they would slow each other
+            if key not in self._timed:
+                if _step_flops(model_cfg, cfg) / cfg.batch_size * min(cfg.batch_size, 4) <= TIMED_FLOPS:
+                    self._timed[key] = worker.time_step(model_cfg, cfg, self.device)
+                else:
+                    m, c = studio.configs("tiny", "bpe", 1024, 60.0, {})
+                    self._flops = self._flops or _step_flops(m, c) / worker.time_step(m, c, self.device)
+                    self._timed[key] = _step_flops(model_cfg, cfg) / self._flops
+            return self._timed[key]
 
     def check_steps(self, model_cfg, cfg: TrainConfig) -> None:
         """A step limit replaces the time budget: refused when it would take longer than the budget may."""
@@ -119,13 +129,19 @@ class Studio:
         corpus, data, stem = self._corpus(source, upload, pasted, model_cfg.block_size, cfg)
         with self._lock:
             self._check_room()
-            out = worker.new_run(self.settings.runs_dir, stem)
-            if data is not None:
-                (out / worker.UPLOAD).write_bytes(data)
-                corpus = (str(out / worker.UPLOAD),)
-            cfg = dataclasses.replace(cfg, corpus=corpus, out=str(out))
-            worker.write_job(out, model_cfg, cfg, self.settings.train_threads, source=stem.replace("_", " "))
-            worker.launch(out)
+            out = None
+            try:
+                out = worker.new_run(self.settings.runs_dir, stem)
+                if data is not None:
+                    (out / worker.UPLOAD).write_bytes(data)
+                    corpus = (str(out / worker.UPLOAD),)
+                cfg = dataclasses.replace(cfg, corpus=corpus, out=str(out))
+                worker.write_job(out, model_cfg, cfg, self.settings.train_threads, source=stem.replace("_", " "))
+                worker.launch(out)
+            except (OSError, RuntimeError) as e:  # a full disk, a runs directory that cannot be written
+                if out is not None:
+                    shutil.rmtree(out, ignore_errors=True)  # nothing of it trained: no half run left listed
+                raise fail(f"could not start the run: {_reason(e)}") from None
         return out.name
 
     def _corpus(self, source: str, upload, pasted: str, block_size: int, cfg: TrainConfig):
@@ -136,10 +152,15 @@ class Studio:
             if not upload:
                 raise fail("choose a .txt file to upload first")
             path = Path(upload)  # Gradio's own copy of the upload, in its cache
-            if path.stat().st_size > self.settings.max_corpus_bytes:  # not read into memory first
-                raise fail(f"the uploaded file is {studio.size_words(path.stat().st_size)}; the limit here is "
-                           f"{studio.size_words(self.settings.max_corpus_bytes)}")
-            data, what, stem = path.read_bytes(), "the uploaded file", Path(getattr(upload, "orig_name", None) or path.name).stem
+            try:
+                size = path.stat().st_size
+                if size > self.settings.max_corpus_bytes:  # not read into memory first
+                    raise fail(f"the uploaded file is {studio.size_words(size)}; the limit here is "
+                               f"{studio.size_words(self.settings.max_corpus_bytes)}")
+                data = path.read_bytes()
+            except OSError as e:
+                raise fail(f"could not read the uploaded file ({_reason(e)}): upload it again") from None
+            what, stem = "the uploaded file", path.stem
         elif source == SOURCES[1]:
             data, what, stem = (pasted or "").encode("utf-8", "surrogatepass"), "the pasted text", "pasted"
         else:
@@ -159,15 +180,18 @@ class Studio:
 
     def run_dir(self, name: str) -> Path:
         """A run's directory from its name, only if the runs directory lists it."""
-        names = {r.name for r in worker.list_runs(self.settings.runs_dir)}
-        if not name or name not in names:
+        out = worker.find_run(self.settings.runs_dir, name)
+        if out is None:
             raise fail("pick a run from the list (it may have been deleted)")
-        return self.settings.runs_dir / name
+        return out
 
-    def stop(self, name: str) -> str:
-        if not worker.stop(self.run_dir(name)):
+    def stop(self, name: str):
+        """-> (the status line, the Stop button: off, so that a second press cannot stop the run unsaved)."""
+        out = self.run_dir(name)
+        if not worker.stop(out):
             raise fail(f"{name} is not training")
-        return f"**{name}**: stopping: evaluating and saving…"
+        how = "evaluating and saving" if worker.run_status(out).from_page else "saving, as Ctrl-C would"
+        return f"**{name}**: stopping: {how}…", gr.update(interactive=False)
 
     def resume(self, name: str) -> str:
         out = self.run_dir(name)
@@ -176,11 +200,14 @@ class Studio:
             raise fail(f"{name} is training already")
         if not s.has_last:
             raise fail(f"{name} has nothing to resume from: it saved no checkpoint (start a new run)")
-        if s.state not in ("stopped", "killed"):
-            raise fail(f"{name} is {studio.STATE_WORDS.get(s.state, s.state)}: only a stopped run resumes")
+        if s.state not in RESUMABLE:
+            raise fail(f"{name} is {studio.STATE_WORDS.get(s.state, s.state)}: only a run that stopped resumes")
         with self._lock:
             self._check_room()
-            worker.launch(out, resume=True)
+            try:
+                worker.launch(out, resume=True)
+            except (OSError, RuntimeError) as e:
+                raise fail(f"could not resume {name}: {_reason(e)}") from None
         return f"**{name}**: resuming from its last save…"
 
     # --- watching
@@ -207,11 +234,17 @@ class Studio:
         """(status line, progress bar, loss plot, sample, Stop, Resume, Open) for the run being watched."""
         if not name:
             return NO_RUN, "", curve_svg([]), "", *_buttons(None)
-        out = self.settings.runs_dir / name
-        if name not in {r.name for r in worker.list_runs(self.settings.runs_dir)}:
-            return f"**{name}** is gone (deleted?): pick another run", "", curve_svg([]), "", *_buttons(None)
+        out = worker.find_run(self.settings.runs_dir, name)
+        if out is None:
+            return f"**{viz.escape_markdown(name)}** is gone (deleted?): pick another run", "", curve_svg([]), "", \
+                *_buttons(None)
         s = worker.run_status(out)
         return (studio.status_markdown(s), studio.progress_html(s), curve_svg(s.rows), s.sample, *_buttons(s))
+
+
+def _reason(e: BaseException) -> str:
+    """An error's reason without the paths an OSError carries."""
+    return e.strerror if isinstance(e, OSError) and e.strerror else str(e)
 
 
 def _step_flops(model_cfg: ModelConfig, cfg: TrainConfig) -> float:
@@ -228,8 +261,8 @@ def curve_svg(rows: list[dict], title: str = "Loss (live)") -> str:
 
 def _buttons(s: worker.RunStatus | None) -> tuple:
     live = bool(s and s.live)
-    return (gr.update(interactive=live),
-            gr.update(interactive=bool(s and not live and s.has_last and s.state in ("stopped", "killed"))),
+    return (gr.update(interactive=live and not s.stopping),
+            gr.update(interactive=bool(s and not live and s.has_last and s.state in RESUMABLE)),
             gr.update(interactive=bool(s and s.has_best)))
 
 
@@ -299,7 +332,7 @@ def train_tab(st: Studio, timer: gr.Timer) -> tuple[gr.Dropdown, gr.Button, gr.M
     # the new run's name (what the API returns) into the list, then the list with its entry
     start.click(st.start, [source, upload, pasted, *settings], [runs], api_name="start_training") \
         .success(st.runs_update, [runs], [runs], **PRIVATE)
-    stop.click(st.stop, [runs], [status], api_name="stop_training")
+    stop.click(st.stop, [runs], [status, stop], api_name="stop_training")
     resume.click(st.resume, [runs], [status], api_name="resume_training")
     runs.change(st.poll, [runs], watch, show_progress="hidden", api_name="run_status")
     timer.tick(st.watch, [runs, shown], [*watch, runs, shown], show_progress="hidden", concurrency_limit=None,

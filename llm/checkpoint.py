@@ -229,11 +229,11 @@ def _take_lock(path: Path) -> int:
         os.close(fd)
 
 
-def is_running(out_dir: str | Path) -> bool:
-    """Whether a run holds OUT/.lock now (the page's live view; a killed run's lock is free)."""
+def is_running(out_dir: str | Path, lock: str = LOCK) -> bool:
+    """Whether a run holds OUT/.lock (or another lock file) now; a killed process's lock is free."""
     try:
         import fcntl  # no POSIX locks (Windows): no run is seen as running
-        fd = os.open(Path(out_dir) / LOCK, os.O_RDONLY)
+        fd = os.open(Path(out_dir) / lock, os.O_RDONLY)
     except (ImportError, OSError):
         return False
     try:

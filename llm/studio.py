@@ -53,6 +53,9 @@ FIELDS = {
     "val_frac": ("Validation share", "the end of the text held out to measure the model on text it never trained on"),
     "encoding_errors": ("Invalid UTF-8", "'replace' swaps bad bytes for � instead of refusing the text"),
 }
+# the largest a page may ask for: a model of these bounds is planned in moments; a bigger one is no page's run
+MOST = {"n_layer": 64, "n_head": 64, "n_embd": 4096, "block_size": 8192, "batch_size": 4096, "vocab_size": 65536,
+        "max_steps": 10_000_000, "eval_interval": 10_000_000}
 BARE_FIELD = re.compile(r"\b(" + "|".join(k for k in FIELDS if "_" in k) + r")\b")
 ADVANCED = ["n_layer", "n_head", "n_embd", "block_size", "batch_size", "lr", "max_steps", "eval_interval",
             "dropout", "seed", "val_frac", "encoding_errors"]
@@ -96,6 +99,8 @@ def configs(size: str, tokenizer: str, vocab_size: int, time_budget: float, adva
     for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_steps", "eval_interval", "seed",
               "vocab_size"):
         flat[k] = _whole(k, flat[k])
+        if k in MOST and flat[k] > MOST[k]:
+            raise SettingError(f"`{k}` can be at most {MOST[k]:,} here, got {flat[k]:,}")
     for k in ("lr", "dropout", "val_frac", "time_budget"):
         flat[k] = _number(k, flat[k])
     model_keys = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
@@ -104,6 +109,7 @@ def configs(size: str, tokenizer: str, vocab_size: int, time_budget: float, adva
     train = {k: v for k, v in flat.items() if k in train_keys}
     if train["lr"] < train.get("min_lr", TrainConfig.min_lr):
         train["min_lr"] = train["lr"] / 10  # the cosine ends a tenth of the way down, as the default does
+    # no torch.compile: a page's run lasts minutes, and a compile's cold start (tens of seconds) is counted in them
     cfg = from_dict(TrainConfig, {**train, "corpus": tuple(corpus), "out": out, "compile": False})
     return dataclasses.replace(model, vocab_size=vocab_size if tokenizer == "bpe" else 256), cfg
 
@@ -194,7 +200,9 @@ def _duration(seconds: float) -> str:
 def status_markdown(s: RunStatus) -> str:
     """The run's state in a sentence, with its latest bits per byte and what it says of itself."""
     line = f"**{s.name}**: {STATE_WORDS.get(s.state, s.state)}"
-    if s.state == "starting" and not s.step:
+    if s.stopping:
+        line += " (stopping: " + ("evaluating and saving)" if s.from_page else "saving)")
+    elif s.state == "starting" and not s.step:
         line += " (training the tokenizer and preparing the data)"
     if isinstance(s.bits_per_byte, (int, float)):
         line += f" · latest {s.bits_per_byte:.3f} bits per byte"

@@ -36,10 +36,11 @@ from llm.cli import ArgumentParser
 from llm.config import FieldNames, from_dict, to_dict
 from llm.data import corpus_at, corpus_from
 from llm.model import GPT, ModelConfig
+from llm.optim import configure_optimizers
 from llm.run import TrainConfig, TrainingError
 from llm.train import train
 
-JOB, STATUS, LOG, UPLOAD = "job.json", "status.json", "worker.log", "corpus.txt"
+JOB, STATUS, LOG, UPLOAD, WORKER_LOCK = "job.json", "status.json", "worker.log", "corpus.txt", ".worker"
 ROOT = Path(__file__).resolve().parent.parent  # the worker runs `-m llm.worker` from here
 _children: list[subprocess.Popen] = []  # workers this process started, reaped as they end
 
@@ -69,33 +70,63 @@ def write_job(out: Path, model_cfg: ModelConfig, cfg: TrainConfig, threads: int 
 
 
 def launch(out: Path, resume: bool = False) -> subprocess.Popen:
-    """Start the worker for OUT; its output goes to OUT/worker.log."""
+    """Start the worker for OUT; its output goes to OUT/worker.log. The worker inherits OUT/.worker locked (the
+    lock goes with the open file, and the operating system frees it when the worker ends however it ends): a run
+    is starting while that lock is held and no training holds OUT/.lock, whatever process ids say."""
     _reap()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "PYTHONUNBUFFERED": "1"}
+    python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     threads = int(_read_json(out / JOB).get("threads", 1))
-    env["OMP_NUM_THREADS"] = str(threads)
-    with open(out / LOG, "a", encoding="utf-8") as log:
-        p = subprocess.Popen([sys.executable, "-m", "llm.worker", str(out.resolve())] + (["--resume"] if resume else []),
-                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True)
+    env = {**os.environ, "PYTHONPATH": python_path, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
+    fd = _lock_worker(out)
+    try:
+        _write_json(out / STATUS, {"state": "started", "time": time.time(), "resume": resume})
+        with open(out / LOG, "a", encoding="utf-8") as log:
+            args = [sys.executable, "-m", "llm.worker", str(out.resolve())] + (["--resume"] if resume else [])
+            p = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=(fd,) if fd else ())
+    finally:
+        if fd:
+            os.close(fd)  # the worker's copy keeps the lock
     _children.append(p)
-    _write_json(out / STATUS, {"state": "started", "pid": p.pid, "time": time.time(), "resume": resume})
     return p
 
 
-def stop(out: Path) -> bool:
-    """Ask OUT's worker (or a train_cli.py run) to stop, as Ctrl-C would; False when nothing runs there."""
-    pid = lock_pid(out) if is_running(out) else None
-    if not pid and run_status(out).state == "starting":  # not training yet: say so for the worker to see
-        status = _read_json(out / STATUS)
-        _write_json(out / STATUS, {**status, "stop_requested": True})
-        pid = status.get("pid")
-    if not pid:
-        return False
+def _lock_worker(out: Path) -> int | None:
+    """OUT/.worker opened and locked, for the worker to inherit; RuntimeError if a worker holds it."""
     try:
-        os.kill(int(pid), signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
+        import fcntl
+    except ImportError:  # no POSIX locks (Windows): the process id alone says whether the worker lives
+        return None
+    fd = os.open(out / WORKER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + 10.0  # a worker that said how it ended may still be exiting
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise RuntimeError(f"{out.name} has a worker already") from None
+            time.sleep(0.05)
+
+
+def stop(out: Path) -> bool:
+    """Ask OUT's worker (or a train_cli.py run) to stop: one SIGTERM, as one Ctrl-C (a second would stop it at
+    once, unsaved), so a stop already asked for is not asked again. False when nothing runs there."""
+    status = _read_json(out / STATUS)
+    if is_running(out):  # training: the lock's holder
+        pid = lock_pid(out)
+    elif _state(out, status) == "starting":  # before training: the worker's own process
+        pid = status.get("pid") or next((c.pid for c in _children if str(out.resolve()) in c.args), None)
+    else:
+        return False
+    if pid and status.get("stop_requested") == pid:
+        return True
+    _write_json(out / STATUS, {**status, "stop_requested": pid or True})  # a worker starting up reads it too
+    try:
+        if pid:
+            os.kill(int(pid), signal.SIGTERM)
+    except (ProcessLookupError, PermissionError, ValueError):
         return False
     return True
 
@@ -129,6 +160,7 @@ class RunStatus:
     state: str
     message: str = ""
     from_page: bool = False  # started in the page (job.json), not by train_cli.py
+    stopping: bool = False  # live, and asked to stop
     source: str = ""
     step: int = 0
     max_steps: int = 0
@@ -164,17 +196,24 @@ class RunStatus:
         return min(left) if left else None
 
 
-def run_status(out: Path) -> RunStatus:
+def run_status(out: Path, metrics: bool = True) -> RunStatus:
+    """What OUT's files say; without `metrics`, metrics.jsonl is not read (a list's labels do without it)."""
     _reap()
     if not out.is_dir():
         return RunStatus(out.name, "gone", message="its directory was deleted")
     job, status = _read_json(out / JOB), _read_json(out / STATUS)
     s = RunStatus(out.name, _state(out, status), from_page=bool(job), source=str(job.get("source", "")))
     s.message = str(status.get("message", "stopped before the first training step" if s.state == "stopped" else ""))
+    s.stopping = s.live and bool(status.get("stop_requested"))
     s.has_best, s.has_last = (out / "best" / CONFIG).is_file(), (out / "last" / CONFIG).is_file()
     _settings_into(s, out, job)
-    s.rows = read_metrics(out) if (out / METRICS).is_file() else []
+    s.rows = read_metrics(out) if metrics and (out / METRICS).is_file() else []
     _metrics_into(s)
+    if not metrics and s.has_last:  # where the run was at its last save, for its progress
+        last = _read_json(out / "last" / "meta.json")
+        s.step, s.train_time = int(num(last, "step")), float(num(last, "train_time"))
+    if s.state == "finished" and not status.get("state") and s.progress() < 1:
+        s.state = "stopped"  # a train_cli.py run that ended before its limit: Ctrl-C, or killed
     if s.has_best:
         try:
             best = read_meta(out / "best")
@@ -200,10 +239,20 @@ def _state(out: Path, status: dict) -> str:
         return "running"
     said = status.get("state")
     if said == "started":
-        return "starting" if _alive(status.get("pid")) else "stopped" if status.get("stop_requested") else "killed"
+        if is_running(out, WORKER_LOCK) or _no_locks() and _alive(status.get("pid")):
+            return "starting"
+        return "stopped" if status.get("stop_requested") else "killed"
     if said in ("finished", "stopped", "failed"):
         return said
     return "finished" if (out / "best" / CONFIG).is_file() else "empty"  # a CLI run, or one never started
+
+
+def _no_locks() -> bool:
+    try:
+        import fcntl  # noqa: F401
+    except ImportError:
+        return True
+    return False
 
 
 def _settings_into(s: RunStatus, out: Path, job: dict) -> None:
@@ -219,11 +268,16 @@ def _settings_into(s: RunStatus, out: Path, job: dict) -> None:
                 continue
     if not isinstance(cfg, dict) or not isinstance(model, dict):
         return
-    num = lambda d, k: d.get(k) if isinstance(d.get(k), (int, float)) and not isinstance(d.get(k), bool) else 0  # noqa: E731
     s.max_steps, s.time_budget = int(num(cfg, "max_steps")), float(num(cfg, "time_budget"))
     if not s.max_steps and not s.time_budget:
         s.time_budget = 300.0  # the trainer's default (Run.time_budget)
     s.tokens_per_step = int(num(cfg, "batch_size") * max(num(cfg, "grad_accum"), 1) * num(model, "block_size"))
+
+
+def num(d: dict, key: str) -> int | float:
+    """A number from a JSON dict anyone may have edited; 0 for anything else."""
+    v = d.get(key)
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
 
 
 def _metrics_into(s: RunStatus) -> None:
@@ -240,14 +294,27 @@ def _metrics_into(s: RunStatus) -> None:
         s.bits_per_byte, s.sample = evals[-1].get("bits_per_byte"), str(evals[-1].get("sample", ""))
 
 
-def list_runs(runs_dir: str | Path) -> list[RunStatus]:
-    """Every run directory directly under runs_dir (page runs and train_cli.py runs), the newest first."""
+def list_runs(runs_dir: str | Path, metrics: bool = False) -> list[RunStatus]:
+    """Every run directory directly under runs_dir (page runs and train_cli.py runs), the newest first; with
+    `metrics`, each with its metrics read (steps, speed, sample)."""
     root = Path(runs_dir)
     if not root.is_dir():
         return []
-    dirs = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
-            and any((d / f).exists() for f in (JOB, METRICS, "best", "last"))]
-    return sorted((run_status(d) for d in dirs), key=lambda s: s.updated, reverse=True)
+    dirs = [d for d in root.iterdir() if _is_run(d)]
+    return sorted((run_status(d, metrics) for d in dirs), key=lambda s: s.updated, reverse=True)
+
+
+def find_run(runs_dir: str | Path, name: str) -> Path | None:
+    """The run directory `name` directly under runs_dir, as list_runs would list it; None for anything else (a
+    path, "..", a file, a directory that holds no run)."""
+    if not isinstance(name, str) or not name or name != Path(name).name or name.startswith("."):
+        return None
+    d = Path(runs_dir) / name
+    return d if _is_run(d) else None
+
+
+def _is_run(d: Path) -> bool:
+    return d.is_dir() and not d.name.startswith(".") and any((d / f).exists() for f in (JOB, METRICS, "best", "last"))
 
 
 # -----------------------------------------------------------------------------
@@ -273,18 +340,31 @@ def plan(model_cfg: ModelConfig, cfg: TrainConfig, seconds_per_step: float | Non
 
 
 def time_step(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu", batch: int = 4) -> float:
-    """Seconds one training step of this model takes here: two forward-backward passes of `batch` rows timed
-    after a warm-up one, scaled to the run's batch and accumulation."""
+    """Seconds one training step of this model takes here: forward, backward and the optimizers' step on `batch`
+    rows, the fastest of three after a warm-up (a busy machine slows some), scaled to the run's batch (the part
+    that grows with it) plus the optimizers' step (the part that does not)."""
     model = GPT(model_cfg).to(device)
+    opts = configure_optimizers(model, cfg.optimizer, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.muon_lr,
+                                device)
     x = torch.randint(model_cfg.vocab_size, (min(batch, cfg.batch_size), model_cfg.block_size), device=device)
-    times = []
-    for _ in range(3):
+    passes, steps = [], []
+    for _ in range(4):
         t0 = time.perf_counter()
         model(x, x)[1].backward()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return min(times[1:]) * cfg.batch_size * cfg.grad_accum / len(x)
+        _sync(device)
+        t1 = time.perf_counter()
+        for opt in opts:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        _sync(device)
+        passes.append(t1 - t0)
+        steps.append(time.perf_counter() - t1)
+    return min(passes[1:]) * cfg.batch_size * cfg.grad_accum / len(x) + min(steps[1:])
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 # -----------------------------------------------------------------------------
@@ -299,30 +379,37 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):  # until the loop installs its own graceful stop
         signal.signal(sig, _stop_now)
     try:
-        if _read_json(out / STATUS).get("stop_requested"):  # Stop pressed while this process was starting up
+        status = _read_json(out / STATUS)
+        if status.get("stop_requested"):  # Stop pressed while this process was starting up
             raise Stopped
-        _write_json(out / STATUS, {"state": "started", "pid": os.getpid(), "time": time.time(), "resume": args.resume})
-        job = _read_json(out / JOB)
-        torch.set_num_threads(max(int(job.get("threads", 1)), 1))
-        if args.resume:
-            summary = train(None, TrainConfig(out=str(out)), resume=True, progress=False, log=print,
-                            evaluate_on_stop=True)
-        else:
-            model_cfg = from_dict(ModelConfig, job["model"])
-            cfg = from_dict(TrainConfig, {**job["train"], "corpus": corpus_at(out, job["train"]["corpus"]),
-                                          "out": str(out)})
-            summary = train(model_cfg, cfg, progress=False, log=print, evaluate_on_stop=True)
+        _write_json(out / STATUS, {**status, "state": "started", "pid": os.getpid()})
+        summary = _train(out, _read_json(out / JOB), args.resume)
     except Stopped:
-        return _ended(out, "stopped", "stopped before the first training step")
+        saved = (out / "last" / CONFIG).is_file()
+        return _ended(out, "stopped", "stopped" if saved else "stopped before the first training step")
+    except KeyboardInterrupt:  # a second stop signal while the first one's evaluation ran
+        return _ended(out, "stopped", "stopped at once by a second stop signal; resume continues from the last save")
     except (ValueError, TrainingError, OSError, KeyError) as e:
         text = e.args[0] if isinstance(e, FieldNames) and e.args else str(e)
         return _ended(out, "failed", str(text), code=1)
     except Exception as e:  # a bug, or out of memory: its traceback goes to the log, its one line to the page
         traceback.print_exc()
         return _ended(out, "failed", f"the training process failed: {type(e).__name__}: {e}", code=1)
-    if summary["interrupted"]:
+    for sig in (signal.SIGINT, signal.SIGTERM):  # done: a late stop changes nothing now
+        signal.signal(sig, signal.SIG_IGN)
+    if summary["interrupted"] and run_status(out).progress() < 1:
         return _ended(out, "stopped", f"stopped at step {summary['step']}")
     return _ended(out, "finished", f"finished after {summary['step']} steps")
+
+
+def _train(out: Path, job: dict, resume: bool) -> dict:
+    """The run as job.json describes it, through llm.train as train_cli.py runs it; Stop evaluates and saves."""
+    torch.set_num_threads(max(int(job.get("threads", 1)), 1))
+    if resume:
+        return train(None, TrainConfig(out=str(out)), resume=True, progress=False, log=print, evaluate_on_stop=True)
+    model_cfg = from_dict(ModelConfig, job["model"])
+    cfg = from_dict(TrainConfig, {**job["train"], "corpus": corpus_at(out, job["train"]["corpus"]), "out": str(out)})
+    return train(model_cfg, cfg, progress=False, log=print, evaluate_on_stop=True)
 
 
 def _stop_now(signum, frame):

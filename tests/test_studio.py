@@ -3,6 +3,7 @@ handlers (train_tab.py), the model selector (playground.Models), and the launche
 
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import app
 import train_cli
 from conftest import make_text
 from llm import studio, worker
-from llm.checkpoint import read_metrics
+from llm.checkpoint import CheckpointError, read_metrics
 from llm.config import SettingError
 from llm.data import DataError
 from llm.model import GPT
@@ -42,6 +43,17 @@ def wait_for(out: Path, done, timeout: float = 120.0) -> worker.RunStatus:
             return s
         time.sleep(0.1)
     raise AssertionError(f"timed out; the run is {s.state}: {(out / worker.LOG).read_text()[-2000:]}")
+
+
+def api_wait(client, name: str, words: str, timeout: float = 120.0) -> str:
+    """Poll the app's /run_status (as the page does every 2 s) until the run's state reads `words`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = client.predict(name, api_name="/run_status")[0]
+        if f"**: {words}" in status:
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {words!r}: {status}")
 
 
 def start_job(runs: Path, name: str, corpus_text: str, **train) -> Path:
@@ -151,12 +163,43 @@ def test_a_killed_worker_is_marked_stopped_and_resumes(tmp_path):
     assert wait_for(out, lambda s: not s.live).state == "stopped"
 
 
+def test_a_second_stop_is_not_sent_and_the_run_is_saved(tmp_path):
+    out = start_job(tmp_path / "runs", "twice", make_text(400), max_steps=100000)
+    wait_for(out, lambda s: s.state == "running" and s.step >= 10)
+    assert worker.stop(out) and worker.stop(out)  # an impatient double click: one SIGTERM, one evaluation
+    assert worker.run_status(out).stopping
+    s = wait_for(out, lambda s: not s.live)
+    assert s.state == "stopped" and s.message.startswith("stopped at step") and s.has_best, s
+
+
+def test_a_dead_worker_is_not_taken_for_a_live_one(tmp_path):
+    """status.json says "started" with the id of a live process that is no worker (ids are reused after a
+    restart): the run is not "starting", Stop signals nobody, and a new run may start."""
+    out = tmp_path / "runs" / "stale"
+    out.mkdir(parents=True)
+    (out / worker.JOB).write_text("{}")
+    worker._write_json(out / worker.STATUS, {"state": "started", "pid": os.getpid()})
+    s = worker.run_status(out)
+    assert s.state == "killed" and not s.live
+    assert worker.stop(out) is False  # and this test process is still here
+
+
+def test_a_failed_run_with_a_save_resumes(tmp_path):
+    st = Studio(StudioSettings(runs_dir=tmp_path / "runs"))
+    out = start_job(tmp_path / "runs", "failing", make_text(400), max_steps=60)
+    assert wait_for(out, lambda s: not s.live).state == "finished"
+    worker._write_json(out / worker.STATUS, {"state": "failed", "message": "out of memory"})
+    assert "resuming" in st.resume(out.name)
+    assert wait_for(out, lambda s: not s.live).state == "finished"
+
+
 def test_stop_before_the_first_step(tmp_path):
     out = start_job(tmp_path / "runs", "early", make_text(400))
     assert worker.run_status(out).state == "starting"
     assert worker.stop(out)
     s = wait_for(out, lambda s: not s.live, timeout=30)
-    assert s.state == "stopped" and s.step == 0 and s.message, s
+    assert s.state == "stopped" and s.step == 0 and s.message == "stopped before the first training step", s
+    assert not (out / "last").exists()
 
 
 def test_a_cli_run_shows_live_and_finished(tmp_path):
@@ -173,7 +216,7 @@ def test_a_cli_run_shows_live_and_finished(tmp_path):
     assert [r.name for r in worker.list_runs(tmp_path / "runs")] == ["cli"]
     assert worker.stop(out)  # the page's Stop works on it too: SIGTERM, as train_cli.py handles it
     p.wait(timeout=60)
-    assert worker.run_status(out).state == "finished"
+    assert worker.run_status(out).state == "stopped"  # before its step limit: not "finished"
 
 
 # -----------------------------------------------------------------------------
@@ -201,13 +244,14 @@ def test_bad_uploads_are_refused_in_words(st, tmp_path, data, expected):
 def test_start_twice_stop_and_names_only(st, tmp_path):
     with pytest.raises(gr.Error, match="choose a .txt file"):
         st.start(SOURCES[0], None, "", *settings())
-    name = st.start(SOURCES[1], None, make_text(400), *settings(max_steps=20000))
+    name = st.start(SOURCES[1], None, make_text(400), *settings(max_steps=5000))
     with pytest.raises(gr.Error, match="training already"):
         st.start(SOURCES[1], None, make_text(400), *settings())
     with pytest.raises(gr.Error, match="pick a run"):
         st.stop("../" + name)
     wait_for(tmp_path / "runs" / name, lambda s: s.state == "running" and s.step >= 10)
-    assert "stopping" in Studio(st.settings).stop(name)  # a restarted server finds the run and stops it
+    line, stop_button = Studio(st.settings).stop(name)  # a restarted server finds the run and stops it
+    assert "stopping" in line and stop_button["interactive"] is False
     wait_for(tmp_path / "runs" / name, lambda s: not s.live)
     status, progress, plot, sample, stop, resume, open_btn = st.poll(name)
     assert "stopped" in status and stop["interactive"] is False and resume["interactive"] and open_btn["interactive"]
@@ -218,8 +262,6 @@ def test_start_twice_stop_and_names_only(st, tmp_path):
     assert first[2] == plot and first[-1]["choices"]
     *again, _ = st.watch(name, shown)
     assert again[2] == again[3] == again[-1] == gr.skip()
-    import shutil
-
     shutil.rmtree(tmp_path / "runs" / name)  # deleted while selected
     assert "gone" in st.poll(name)[0]
 
@@ -245,7 +287,7 @@ def test_models_load_runs_by_name_and_drop_the_least_recent(tmp_path, run_dir_pa
     assert models.get(FIRST) is first
     assert models.get("run/b") is b  # held: not loaded again
     for bad in ("run/../a", "run/missing", "/etc/passwd", "run/"):
-        with pytest.raises(Exception, match="gone|no model"):
+        with pytest.raises(CheckpointError, match="gone|no model"):
             models.get(bad)
 
 
@@ -280,11 +322,11 @@ def test_upload_train_switch_and_generate_through_the_api(tmp_path):
         name = client.predict(SOURCES[0], handle_file(str(upload)), "", *settings(), api_name="/start_training")
         assert name.startswith("my_text-")
         out = tmp_path / "runs" / name
-        assert wait_for(out, lambda s: not s.live).state == "finished"
+        api_wait(client, name, "finished")  # polled as the page does
         header = client.predict(f"run/{name}", api_name="/switch_model")
         assert "40 steps" in header  # the new run (the model opened first made 6)
         text, stats, *_ = client.predict("the", 20, api_name="/generate")
-        assert text.startswith("the") and "20 tokens" in stats or "end of text" in stats
+        assert text.startswith("the") and ("20 tokens" in stats or "end of text" in stats)
         # the model belongs to the session: another client still sees the model the server opened with
         other = Client(f"http://127.0.0.1:{port}/", verbose=False)
         sample = "the king shall speak to thee, sweet love"
@@ -295,17 +337,16 @@ def test_upload_train_switch_and_generate_through_the_api(tmp_path):
             client.predict("nope", api_name="/stop_training")
 
         # stop, resume, and a worker killed: the run is marked stopped, not left "training"
-        name = client.predict(SOURCES[1], None, make_text(400), *settings(max_steps=20000), api_name="/start_training")
+        name = client.predict(SOURCES[1], None, make_text(400), *settings(max_steps=5000), api_name="/start_training")
         out = tmp_path / "runs" / name
         wait_for(out, lambda s: s.state == "running" and s.step >= 10)
         client.predict(name, api_name="/stop_training")
-        stopped = wait_for(out, lambda s: not s.live)
-        assert stopped.state == "stopped" and "stopped" in client.predict(name, api_name="/run_status")[0]
+        api_wait(client, name, "stopped")
+        stopped = worker.run_status(out)
         client.predict(name, api_name="/resume_training")
         wait_for(out, lambda s: s.state == "running" and s.step > stopped.step)
         os.kill(worker._read_json(out / worker.STATUS)["pid"], signal.SIGKILL)
-        wait_for(out, lambda s: not s.live, timeout=30)
-        assert "stopped unexpectedly" in client.predict(name, api_name="/run_status")[0]
+        api_wait(client, name, "stopped unexpectedly")
     finally:
         demo.close()
 
