@@ -167,7 +167,7 @@ class Studio:
             raise fail(f"the text must come from one of: {', '.join(SOURCES)}")
         try:
             studio.check_text(data, what, self.settings.max_corpus_bytes, block_size, cfg.val_frac,
-                              cfg.encoding_errors)
+                              cfg.encoding_errors, cfg.tokenizer)
         except DataError as e:
             raise fail(studio.say(e)) from None
         return (), data, stem

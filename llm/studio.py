@@ -127,19 +127,21 @@ def _number(name: str, v) -> float:
 
 
 def check_text(data: bytes, what: str, max_bytes: int, block_size: int, val_frac: float,
-               errors: str = "strict") -> str:
+               errors: str = "strict", tokenizer: str = "bpe") -> str:
     """A corpus given in the page (uploaded or pasted) -> its text; DataError in the page's words when it is too
     large, not UTF-8 (with the byte offset), binary, empty, or too short for the context. The last is the CLI's
-    rule (each split holds at least block_size + 1 tokens) on the most tokens the text can make, one per byte:
-    a text that passes can still come out short after BPE, and the run then says so."""
+    rule (each split holds at least block_size + 1 tokens): exact for characters (a token each); for BPE on the
+    most tokens a text can make, one per byte, so a text that passes can still come out short after BPE's merges,
+    and the run then says so."""
     if len(data) > max_bytes:
         raise DataError(f"{what} is {size_words(len(data))}; the limit here is {size_words(max_bytes)}")
     text = decode_text(data, what, errors)
+    tokens, unit = (len(text), "characters") if tokenizer == "char" else (len(data), "bytes")
     need = math.ceil((block_size + 1) / min(val_frac, 1 - val_frac))
-    if len(data) < need:
+    if tokens < need:
         raise DataError(f"{what} is too short for a context of {block_size} tokens: its validation part needs at "
-                        f"least {block_size + 1} tokens, so the text needs at least {need:,} bytes (it has "
-                        f"{len(data):,}). Use a longer text or a shorter `block_size`")
+                        f"least {block_size + 1} tokens, so the text needs at least {need:,} {unit} (it has "
+                        f"{tokens:,}). Use a longer text or a shorter `block_size`")
     return text
 
 

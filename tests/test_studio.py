@@ -99,6 +99,13 @@ def test_replace_lets_bad_bytes_through_and_a_long_enough_text_passes():
             raise DataError(studio.say(e)) from None
 
 
+def test_too_short_counts_characters_for_a_character_tokenizer():
+    data = "é".encode() * 400  # 800 bytes, 400 characters; a context of 64 needs 650 tokens in all
+    assert studio.check_text(data, "the pasted text", 10_000, 64, 0.1, tokenizer="bpe")  # up to 800 tokens
+    with pytest.raises(DataError, match="at least 650 characters"):
+        studio.check_text(data, "the pasted text", 10_000, 64, 0.1, tokenizer="char")
+
+
 def test_configs_speak_the_page_labels():
     model, cfg = studio.configs("tiny", "bpe", 300, 60.0, ADVANCED)
     # a step count replaces the time budget, so that the schedule follows steps (exact on resume)
