@@ -13,7 +13,7 @@ import pytest
 
 import app
 import train_cli
-from conftest import make_text
+from conftest import ROOT, make_text
 from llm import studio, worker
 from llm.checkpoint import CheckpointError, read_metrics
 from llm.config import SettingError
@@ -361,7 +361,55 @@ def test_upload_train_switch_and_generate_through_the_api(tmp_path):
 def tiny_run_dir(tmp_path) -> Path:
     from test_app import TINY_RUN
 
+    if (tmp_path / "first" / "best").is_dir():
+        return tmp_path / "first"
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(), encoding="utf-8")
     assert train_cli.main(["--corpus", str(corpus), "--out", str(tmp_path / "first"), *TINY_RUN]) == 0
     return tmp_path / "first"
+
+
+def test_a_run_outlives_a_server_restart(tmp_path):
+    """`python app.py` killed while its run trains, started again: the run trained on, is listed as training,
+    and the new server stops it."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    from gradio_client import Client
+    from test_app import free_port
+
+    def serve() -> tuple[subprocess.Popen, Client]:
+        port = free_port()
+        env = {**os.environ, "SCRATCHGPT_RUNS": str(tmp_path / "runs"), "GRADIO_ANALYTICS_ENABLED": "False"}
+        p = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--checkpoint", str(tiny_run_dir(tmp_path)),
+                              "--port", str(port)], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+                return p, Client(f"http://127.0.0.1:{port}/", verbose=False)
+            except OSError:
+                time.sleep(0.2)
+        p.kill()
+        raise AssertionError("app.py did not serve")
+
+    server, client = serve()
+    try:
+        name = client.predict(SOURCES[1], None, make_text(400), *settings(max_steps=5000), api_name="/start_training")
+        api_wait(client, name, "training")
+    finally:
+        server.kill()
+        server.wait()
+    out = tmp_path / "runs" / name
+    before = worker.run_status(out).step
+    server, client = serve()
+    try:
+        api_wait(client, name, "training")
+        assert worker.run_status(out).step > before  # it went on without a server
+        client.predict(name, api_name="/stop_training")
+        api_wait(client, name, "stopped")
+    finally:
+        server.kill()
+        server.wait()
