@@ -29,8 +29,8 @@ from llm.checkpoint import CheckpointError
 from llm.cli import ArgumentParser
 from llm.hub import ENV_CHECKPOINT
 from llm.sample import KNOBS, Knob
-from playground import (BUNDLED, BUNDLED_KEY, DEFAULTS, FIRST, SEED, SETTINGS,  # noqa: F401
-                        Limits, Models, Playground, fail, find_checkpoint, load_playground, run_metrics)
+from playground import (BUNDLED, BUNDLED_KEY, DEFAULTS, FIRST, GENERATE_SIGNATURE, SEED, SETTINGS,  # noqa: F401
+                        Halts, Limits, Models, Playground, fail, find_checkpoint, load_playground, run_metrics)
 from train_tab import Studio, StudioSettings, curve_svg, train_tab
 
 # ZeroGPU runs a decorated function in a forked worker and pickles its arguments and results, so it wraps the
@@ -74,6 +74,18 @@ def on(models: Models, method: str) -> Callable:
     return handler
 
 
+def generate_handler(models: Models, halts: Halts) -> Callable:
+    """Playground.generate_until for the session's model and its page's Stop flag; the API sees generate's
+    parameters (the key and the run's id are States, which the API does not show)."""
+    def generate(key, run_id, *args, **kwargs):
+        yield from session_model(models, key).generate_until(halts.get(run_id), *args, **kwargs)
+
+    states = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in ("key", "run_id")]
+    generate.__signature__ = GENERATE_SIGNATURE.replace(
+        parameters=[*states, *list(GENERATE_SIGNATURE.parameters.values())[1:]])
+    return generate
+
+
 # -----------------------------------------------------------------------------
 # layout and wiring: one function per tab; each returns what it does when the session's model changes
 
@@ -89,7 +101,7 @@ def knob_slider(knob: Knob, low: float | None, high: float | None, value: float)
 
 def generate_tab(models: Models, key: gr.State, run: gr.State) -> tuple[gr.Textbox, Callable]:
     """Prompt, settings, streamed output. Returns the prompt box (the Tokens tab shows it when there is no run)."""
-    pg = models.first
+    pg, halts = models.first, Halts()
     lim, ranges = pg.limits, pg.sample_ranges()
     with gr.Tab("Generate", id="generate"):
         with gr.Row():
@@ -97,7 +109,7 @@ def generate_tab(models: Models, key: gr.State, run: gr.State) -> tuple[gr.Textb
                 prompt = gr.Textbox(EXAMPLES[0], lines=4, label="Prompt", max_length=lim.prompt_chars)
                 with gr.Row():
                     go = gr.Button("Generate", variant="primary")
-                    stop_btn = gr.Button("Stop", variant="stop")
+                    stop_btn = gr.Button("Stop", variant="stop", interactive=False)
                 output = gr.Textbox(lines=14, max_lines=30, label="Output (prompt + generated text)",
                                     interactive=False, buttons=["copy"], elem_id="output")
                 stats = gr.Markdown("Generation stats appear here after a run.", elem_id="stats")
@@ -109,8 +121,22 @@ def generate_tab(models: Models, key: gr.State, run: gr.State) -> tuple[gr.Textb
                                           minimum=SEED.low))
                 controls.append(gr.Textbox(DEFAULTS["stop"], label="Stop strings", max_length=200,
                                            info=r"comma-separated; \n is a newline, e.g. \n\n"))
-    gen = go.click(gpu(on(models, "generate")), [key, prompt, *controls], [output, stats, run], api_name="generate")
-    stop_btn.click(None, None, None, cancels=[gen], api_name="stop", **PRIVATE)
+        run_id = gr.State(None)  # the streaming run's, for Stop (a State must sit inside a tab, not among the Tabs)
+    # Generate is off while a run streams and Stop only then; Stop sets the run's flag, and the run ends itself
+    # with its text and a last line (Gradio's cancels would end it mid-update, with nothing said)
+
+    def begin():
+        return halts.begin(), gr.update(interactive=False), gr.update(interactive=True)
+
+    def end(rid):
+        halts.end(rid)
+        return None, gr.update(interactive=True), gr.update(interactive=False)
+
+    go.click(begin, None, [run_id, go, stop_btn], queue=False, **PRIVATE) \
+        .then(gpu(generate_handler(models, halts)), [key, run_id, prompt, *controls], [output, stats, run],
+              api_name="generate") \
+        .then(end, [run_id], [run_id, go, stop_btn], queue=False, **PRIVATE)
+    stop_btn.click(halts.halt, [run_id], None, queue=False, api_name="stop", **PRIVATE)
     # a new prompt starts a new run: the Tokens tab then shows the prompt alone
     prompt.change(lambda: None, None, run, api_name="clear_run", queue=False, **PRIVATE)
     top_k = controls[[k.name for k in KNOBS].index("top_k")]

@@ -15,6 +15,7 @@ import inspect
 import json
 import os
 import re
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -190,6 +191,13 @@ class Playground:
         """generate(prompt, max_new_tokens=200, temperature=0.8, ..., seed=-1, stop=""): the settings in SETTINGS
         order or by name (GENERATE_SIGNATURE). Streams (prompt + text so far, stats line, the token view's run)
         as tokens arrive."""
+        yield from Playground.generate_until(self, None, *args, **kwargs)
+
+    generate.__signature__ = GENERATE_SIGNATURE
+
+    def generate_until(self, halt: threading.Event | None, *args, **kwargs):
+        """generate, finishing early once `halt` is set (the page's Stop button), with the text so far and a last
+        stats line that says so: a run cancelled from outside could not say anything."""
         bound = GENERATE_SIGNATURE.bind(self, *args, **kwargs)  # TypeError for a missing prompt or an unknown name
         bound.apply_defaults()
         settings = {k: v for k, v in bound.arguments.items() if k != "self"}
@@ -201,13 +209,14 @@ class Playground:
         yield prompt, "generating…", run
         events = generate(self.model, self.tokenizer, ids, cfg)
         try:
-            yield from self._stream(events, prompt, run, cropped, t0)
+            yield from self._stream(events, prompt, run, cropped, t0, halt)
         except ValueError as e:  # the sampler's one line: non-finite scores, buffers that do not fit
             raise fail(str(e)) from None
         finally:
             events.close()
 
-    def _stream(self, events: Iterator, text: str, run: viz.TokenRun, cropped: int, t0: float):
+    def _stream(self, events: Iterator, text: str, run: viz.TokenRun, cropped: int, t0: float,
+                halt: threading.Event | None = None):
         """generate's updates from the sampler's events (asked for at t0), one per stream_interval at most."""
         n, reason, first, last = 0, "length", None, t0
         for ev in events:
@@ -220,12 +229,13 @@ class Playground:
             if now - t0 > self.limits.time_s:
                 reason = f"the time limit of {self.limits.time_s:g} s per request"
                 break
+            if halt is not None and halt.is_set():
+                reason = "halt"
+                break
             if ev.text and (n == 1 or now - last >= self.stream_interval):
-                last = now  # the running count stays on screen if the user presses Stop
+                last = now
                 yield text, viz.progress_line(n, now - t0), run
         yield text, viz.stats_markdown(n, time.perf_counter() - t0, first, reason, cropped), run
-
-    generate.__signature__ = GENERATE_SIGNATURE
 
     def show_tokens(self, run: viz.TokenRun | None, prompt: str, color_by: str):
         """The Tokens tab: the last run (or the prompt alone) as coloured tokens, and a summary line."""
@@ -296,6 +306,32 @@ class Playground:
         w = att.mean(0) if head == "mean" else att[int(head)]
         labels = [viz.token_display(self.tokenizer, t) for t in ids[:limit]]
         return viz.attention_html(labels, w.tolist(), viz.attention_caption(layer, head, limit, len(ids)))
+
+
+class Halts:
+    """The page's Stop button: one flag per generation in progress, under an id the page holds (a gr.State), so
+    that Stop ends its own page's run and no other."""
+
+    def __init__(self):
+        self._flags: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def begin(self) -> str:
+        run_id = secrets.token_hex(8)
+        with self._lock:
+            self._flags[run_id] = threading.Event()
+        return run_id
+
+    def get(self, run_id) -> threading.Event | None:
+        return self._flags.get(run_id) if isinstance(run_id, str) else None
+
+    def halt(self, run_id) -> None:
+        if flag := self.get(run_id):
+            flag.set()
+
+    def end(self, run_id) -> None:
+        with self._lock:
+            self._flags.pop(run_id, None)
 
 
 # -----------------------------------------------------------------------------

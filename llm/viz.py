@@ -449,7 +449,7 @@ def progress_line(n: int, seconds: float) -> str:
     return f"{n} tokens so far · {n / seconds:.1f} tokens/s · generating…"
 
 
-STOP_REASONS = {"length": "max new tokens", "eos": "end of text", "stop": "a stop string"}
+STOP_REASONS = {"length": "max new tokens", "eos": "end of text", "stop": "a stop string", "halt": "your Stop"}
 
 
 def stats_markdown(n: int, seconds: float, first: float | None, reason: str, cropped: int = 0) -> str:

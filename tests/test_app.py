@@ -363,6 +363,20 @@ def served(loaded):
         demo.close()
 
 
+def test_the_tabs_hold_only_tabs(served):
+    """A component made among the Tabs but outside a Tab (a gr.State too) shows up as an extra, broken tab."""
+    demo, _ = served
+    types = {c["id"]: c["type"] for c in demo.config["components"]}
+
+    def tabs_children(node):
+        if types.get(node["id"]) == "tabs":
+            yield [types[c["id"]] for c in node.get("children", [])]
+        for child in node.get("children", []):
+            yield from tabs_children(child)
+
+    assert list(tabs_children(demo.config["layout"])) == [["tabitem"] * 5]
+
+
 def test_every_event_is_named_and_the_queue_is_bounded(served):
     demo, client = served
     deps = [d for d in demo.config["dependencies"] if not d["types"]["cancel"]]  # gradio's own cancel helper
