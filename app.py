@@ -188,8 +188,8 @@ def tokenizer_tab(models: Models, key: gr.State) -> Callable:
                                     "(click one for its merge tree)", elem_id="tokenizer-tokens")
         ids_box = gr.Textbox(ids0, label="Token ids", interactive=False, buttons=["copy"])
         with gr.Row():
-            token_id = gr.Number(None, label="Token id", step=1, minimum=0, maximum=tok.vocab_size - 1,
-                                 scale=1)
+            # no minimum or maximum: Gradio would refuse an id out of range with an error badge and a traceback
+            token_id = gr.Number(None, label="Token id", step=1, info=f"0 to {tok.vocab_size - 1:,}", scale=1)
             tree = gr.Code(None, label="Merge tree: how the token was built from bytes", language=None,
                            show_line_numbers=False, interactive=False, scale=3)
         with gr.Accordion("Vocabulary", open=True):
@@ -214,7 +214,7 @@ def tokenizer_tab(models: Models, key: gr.State) -> Callable:
 
     def other_model(k, q):
         pg = session_model(models, k)
-        return (gr.update(maximum=pg.tokenizer.vocab_size - 1, value=None), None, *pg.search_vocab(q),
+        return (gr.update(info=f"0 to {pg.tokenizer.vocab_size - 1:,}", value=None), None, *pg.search_vocab(q),
                 viz.special_rows(pg.tokenizer))
 
     def switched(dep):

@@ -273,7 +273,12 @@ class Playground:
         return ids, gr.update(value=tokens, color_map=colors), gr.update(value=chunks, color_map=chunk_colors), counts
 
     def merge_tree(self, token_id) -> str:
-        t = check_number(Knob("token_id", "token id", 0, self.tokenizer.vocab_size - 1, integer=True), token_id)
+        """A token's merge tree; for an id that is none of this vocabulary's, the reason, in the tree's place (a
+        typo in a box is no error worth a red badge)."""
+        try:
+            t = check_number(Knob("token_id", "token id", 0, self.tokenizer.vocab_size - 1, integer=True), token_id)
+        except gr.Error as e:
+            return f"({e.message})"
         return viz.merge_tree_text(self.tokenizer, t)
 
     def select_token(self, text: str, evt: gr.SelectData):

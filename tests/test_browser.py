@@ -111,6 +111,23 @@ def test_stop_ends_the_run_cleanly_at_any_moment(served, page):
     page.get_by_text("stopped at max new tokens").wait_for(timeout=60_000)
 
 
+def test_a_token_id_out_of_range_is_said_in_place(served, page, capfd):
+    """The merge tree box with an id the vocabulary has not: a line in the tree's place, no error badge, and no
+    traceback in the server's log; a good id after it shows its tree."""
+    page.goto(served[0])
+    page.get_by_role("tab", name="Tokenizer").click()
+    box = page.get_by_label("Token id")
+    for bad in ("99999", "-3"):
+        box.fill(bad)
+        box.press("Enter")
+        page.get_by_text("token id must be a whole number from 0 to").wait_for(timeout=30_000)
+        assert page.get_by_text("Error", exact=True).count() == 0
+    box.fill("104")
+    box.press("Enter")
+    page.get_by_text(re.compile(r"^104 ")).first.wait_for(timeout=30_000)
+    assert "Traceback" not in capfd.readouterr().err
+
+
 @pytest.fixture
 def studio_served(tmp_path):
     """The app with its runs in tmp_path/runs (the first model: the shared tiny run)."""
