@@ -399,8 +399,19 @@ def attention_maps(model, ids: Sequence[int]) -> list[torch.Tensor]:
     return [a[0].float().cpu() for a in attn]
 
 
+MASKED = "repeating-linear-gradient(45deg,#9ca3af66 0 2px,transparent 2px 6px)"
+
+
+def _blue(w: float) -> str:
+    """White blended towards #2563eb by w in [0, 1], as an opaque colour."""
+    w = min(1.0, max(0.0, w))
+    return "#" + "".join(f"{round(255 - w * (255 - c)):02x}" for c in (0x25, 0x63, 0xEB))
+
+
 def attention_html(labels: Sequence[str], weights: Sequence[Sequence[float]], caption: str = "") -> str:
-    """A heatmap table: row i = query token i, column j = key token j, darker = more attention.
+    """A heatmap table: row i = query token i, column j = key token j, from white (none) to blue (all of the
+    row's attention). The cells are opaque, so they read the same on a light or a dark page; the cells a query
+    cannot see (later keys) are hatched.
 
     Labels are user text: escaped here."""
     cell = "width:16px;height:16px;padding:0;border:1px solid #fff;"
@@ -414,10 +425,9 @@ def attention_html(labels: Sequence[str], weights: Sequence[Sequence[float]], ca
         for j, w in enumerate(row):
             w = float(w)
             if j > i:  # causal: a query never sees later keys
-                tds.append(f'<td style="{cell}background:#f3f4f6"></td>')
+                tds.append(f'<td style="{cell}background:{MASKED}"></td>')
             else:
-                tds.append(f'<td title="{e} → {esc[j]}: {w:.3f}" style="{cell}'
-                           f'background:rgba(37,99,235,{min(1.0, max(0.0, w)):.3f})"></td>')
+                tds.append(f'<td title="{e} → {esc[j]}: {w:.3f}" style="{cell}background:{_blue(w)}"></td>')
         body.append(f'<tr><th style="text-align:right;font-weight:normal;font-size:11px;padding:0 4px;border:0;'
                     f'white-space:pre">{e}</th>{"".join(tds)}</tr>')
     cap = f"<caption style='caption-side:bottom;font-size:12px'>{html.escape(caption)}</caption>" if caption else ""
@@ -484,4 +494,4 @@ def attention_caption(layer: int, head: str, shown: int, total: int) -> str:
     which = "mean over heads" if head == "mean" else f"head {head}"
     note = f" (the first {shown} of its {total} tokens)" if total > shown else ""
     return (f"layer {layer}, {which}{note}: row = query token, column = key token it attends to; "
-            "darker = more attention")
+            "white = none, blue = all of the row's attention; hatched = later tokens it cannot see")

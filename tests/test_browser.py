@@ -128,6 +128,32 @@ def test_a_token_id_out_of_range_is_said_in_place(served, page, capfd):
     assert "Traceback" not in capfd.readouterr().err
 
 
+# the colour a heatmap cell shows: its background, blended over the first opaque background behind it
+CELL_LUMINANCES = """cells => cells.map(td => {
+    const rgba = el => (getComputedStyle(el).backgroundColor.match(/[\\d.]+/g) || []).map(Number);
+    let [r, g, b, a = 1] = rgba(td), el = td.parentElement;
+    while (a < 1 && el) {
+        const [R, G, B, A = 1] = rgba(el);
+        if (A > 0 && getComputedStyle(el).backgroundColor !== 'rgba(0, 0, 0, 0)') {
+            [r, g, b, a] = [a * r + (1 - a) * R, a * g + (1 - a) * G, a * b + (1 - a) * B, 1];
+        }
+        el = el.parentElement;
+    }
+    return [parseFloat(td.title.split(': ').pop()), 0.2126 * r + 0.7152 * g + 0.0722 * b];
+})"""
+
+
+def test_attention_heatmap_reads_the_same_in_dark_mode(served, page):
+    """More attention is bluer (darker) than less in light and in dark mode alike, as the caption says."""
+    for theme in ("light", "dark"):
+        page.goto(f"{served[0]}?__theme={theme}")
+        page.get_by_role("tab", name="Model").click()
+        page.locator("td[title]").first.wait_for(timeout=30_000)
+        cells = page.locator("td[title]").evaluate_all(CELL_LUMINANCES)
+        least, most = min(cells), max(cells)  # by weight
+        assert most[0] > least[0] and most[1] < least[1] - 60, (theme, least, most)
+
+
 @pytest.fixture
 def studio_served(tmp_path):
     """The app with its runs in tmp_path/runs (the first model: the shared tiny run)."""

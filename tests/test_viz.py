@@ -243,4 +243,5 @@ def test_attention_maps(model, tok):
 def test_attention_html_escapes_labels():
     out = viz.attention_html(["<b>", "x\"y"], [[1.0, 0.0], [0.25, 0.75]], caption="<i>")
     assert "<b>" not in out and "&lt;b&gt;" in out and "x&quot;y" in out and "&lt;i&gt;" in out
-    assert out.count("<tr>") == 3 and "rgba(37,99,235,0.750)" in out
+    assert out.count("<tr>") == 3 and "background:#5c8af0" in out  # 0.75 of the way from white to #2563eb
+    assert out.count(viz.MASKED) == 1 and "rgba(" not in out  # opaque: a dark page cannot show through
