@@ -230,10 +230,11 @@ def model_tab(models: Models, key: gr.State, timer: gr.Timer, header: gr.Markdow
     lim, cfg = pg.limits, pg.config
     with gr.Tab("Model", id="model") as tab:
         with gr.Row():
+            # tall enough for every row: a table that scrolls inside its box hides half of it
             config = gr.Dataframe(config_rows(pg), headers=["config", "value"], label=config_label(pg),
-                                  interactive=False)
+                                  interactive=False, max_height=2000)
             summary = gr.Dataframe(pg.summary(), headers=["training", "value"], label="Training summary",
-                                   interactive=False)
+                                   interactive=False, max_height=2000, elem_id="training-summary")
         curves = gr.HTML(curve_svg(pg.metric_rows(), "Loss curves"), elem_id="model-curves")
         gr.Markdown("### Attention")
         with gr.Row():

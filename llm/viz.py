@@ -382,9 +382,12 @@ def summary_rows(meta: dict, train: dict | None = None, metrics: Sequence[dict] 
     evals = metric_rows(list(metrics), "eval")
     if evals and evals[-1].get("train_loss") is not None:
         rows.append(["train loss (last eval)", _fmt(evals[-1]["train_loss"])])
-    for key in ("corpus", "tokenizer", "vocab_size", "optimizer", "lr", "batch_size", "max_steps", "seed"):
+    for key in ("corpus", "tokenizer", "vocab_size", "optimizer", "lr", "batch_size", "seed"):
         if train and train.get(key) is not None:  # the corpus by name: an older checkpoint may hold its path
             rows.append([key.replace("_", " "), _fmt(corpus_names(train[key]) if key == "corpus" else train[key])])
+    if train:  # what ended the run: its step limit or its time budget (the trainer's 5 minutes when neither)
+        steps, budget = train.get("max_steps") or 0, train.get("time_budget") or 0
+        rows.append(["step limit", _fmt(steps)] if steps else ["time budget (s)", _fmt(budget or 300.0)])
     return rows
 
 

@@ -128,6 +128,23 @@ def test_a_token_id_out_of_range_is_said_in_place(served, page, capfd):
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_training_summary_shows_every_row_and_what_ended_the_run(served, page):
+    """The bundled model (a run ended by its time budget) picked in the selector: its training summary says the
+    budget, not "max steps 0", and shows every row without a scroll bar of its own."""
+    page.goto(served[0])
+    page.locator("#model-select input").click()
+    page.get_by_role("option", name=re.compile("bundled model")).click()
+    page.locator("#header").get_by_text("bundled model").wait_for(timeout=30_000)
+    page.get_by_role("tab", name="Model").click()
+    summary = page.locator("#training-summary")
+    summary.get_by_text("time budget (s)").wait_for(timeout=30_000)
+    assert summary.get_by_text("max steps").count() == 0
+    inner_scroll = summary.evaluate("el => [...el.querySelectorAll('*')].some(e => "
+                                    "['auto', 'scroll'].includes(getComputedStyle(e).overflowY) "
+                                    "&& e.scrollHeight > e.clientHeight + 2)")
+    assert not inner_scroll
+
+
 # the colour a heatmap cell shows: its background, blended over the first opaque background behind it
 CELL_LUMINANCES = """cells => cells.map(td => {
     const rgba = el => (getComputedStyle(el).backgroundColor.match(/[\\d.]+/g) || []).map(Number);

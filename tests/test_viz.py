@@ -224,8 +224,12 @@ def test_summary_rows():
     meta = {"step": 6, "val_loss": 5.6977, "bits_per_byte": 4.5014, "tokens_seen": 768}
     rows = dict(viz.summary_rows(meta, {"corpus": ["a.txt", "b.txt"], "lr": 0.003}, [{"train_loss": 5.69}]))
     assert rows == {"steps": "6", "tokens seen": "768", "val loss (best)": "5.698", "bits per byte": "4.501",
-                    "train loss (last eval)": "5.69", "corpus": "a.txt, b.txt", "lr": "0.003"}
+                    "train loss (last eval)": "5.69", "corpus": "a.txt, b.txt", "lr": "0.003",
+                    "time budget (s)": "300"}
     assert viz.summary_rows({}) == []
+    # a run ended by its time budget says so, not "max steps 0"
+    assert ["time budget (s)", "120"] in viz.summary_rows({}, {"max_steps": 0, "time_budget": 120.0})
+    assert ["step limit", "2000"] in viz.summary_rows({}, {"max_steps": 2000, "time_budget": 0.0})
 
 
 def test_attention_maps(model, tok):
