@@ -186,7 +186,7 @@ def tokenizer_tab(models: Models, key: gr.State) -> Callable:
                                     label="Pre-split chunks (merges never cross them)", elem_id="chunks")
         tokens = gr.HighlightedText(tokens0[0], color_map=tokens0[1], label="Tokens with their ids "
                                     "(click one for its merge tree)", elem_id="tokenizer-tokens")
-        ids_box = gr.Textbox(ids0, label="Token ids", interactive=False, buttons=["copy"])
+        ids_box = gr.Textbox(ids0, label="Token ids", interactive=False, buttons=["copy"], elem_id="token-ids")
         with gr.Row():
             # no minimum or maximum: Gradio would refuse an id out of range with an error badge and a traceback
             token_id = gr.Number(None, label="Token id", step=1, info=f"0 to {tok.vocab_size - 1:,}", scale=1)
@@ -195,22 +195,24 @@ def tokenizer_tab(models: Models, key: gr.State) -> Callable:
         with gr.Accordion("Vocabulary", open=True):
             query = gr.Textbox("", label="Search the vocabulary", max_length=lim.query_chars,
                                placeholder="text (' the' or '·the') or an id")
-            vocab_count = gr.Markdown(vocab_count0)
+            vocab_count = gr.Markdown(vocab_count0, elem_id="vocab-count")
             vocab = gr.Dataframe(vocab0, headers=viz.VOCAB_HEADERS, interactive=False, max_height=320,
                                  datatype=["number", "str", "number", "str"])
         with gr.Accordion("Special tokens", open=False):
             specials = gr.Dataframe(viz.special_rows(tok), headers=["id", "token"], interactive=False)
     explore = [key, text], [ids_box, tokens, chunks, counts]
     tokenize_btn.click(on(models, "tokenize"), *explore, api_name="tokenize")
-    text.input(on(models, "tokenize"), *explore, api_name="tokenize_live", trigger_mode="always_last", **PRIVATE)
+    # .change, not .input: .input sent the box's value from before the last key, so Backspace, Delete, a cut or
+    # IME input left the tokens one edit behind (and an emptied box showed the old ones)
+    text.change(on(models, "tokenize"), *explore, api_name="tokenize_live", trigger_mode="always_last", **PRIVATE)
 
     def select_token(k, t, evt: gr.SelectData):
         return session_model(models, k).select_token(t, evt)
 
     tokens.select(select_token, [key, text], [token_id, tree], api_name="select_token", **PRIVATE)
     token_id.submit(on(models, "merge_tree"), [key, token_id], [tree], api_name="merge_tree")
-    query.input(on(models, "search_vocab"), [key, query], [vocab, vocab_count], api_name="search_vocab",
-                trigger_mode="always_last")
+    query.change(on(models, "search_vocab"), [key, query], [vocab, vocab_count], api_name="search_vocab",
+                 trigger_mode="always_last")
 
     def other_model(k, q):
         pg = session_model(models, k)

@@ -4,6 +4,7 @@ Skipped, with the reason, where chromium or playwright is missing (.ci/run insta
 """
 
 import importlib.util
+import json
 import re
 import shutil
 import time
@@ -126,6 +127,50 @@ def test_a_token_id_out_of_range_is_said_in_place(served, page, capfd):
     box.press("Enter")
     page.get_by_text(re.compile(r"^104 ")).first.wait_for(timeout=30_000)
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_live_tokenization_follows_every_edit(served, page, tmp_path_factory):
+    """Typing, Backspace, Delete, select-all and delete, IME input (insert_text) and a paste each re-tokenize the
+    text; an emptied box shows no tokens; the vocabulary search returns to the full list when its query goes."""
+    url, model = served
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.goto(url)
+    page.get_by_role("tab", name="Tokenizer").click()
+    box, ids = page.get_by_label("Text", exact=True), page.locator("#token-ids textarea")
+    tokenizer = app.load_playground(str(tiny_run(tmp_path_factory)))[1]  # the served model's
+
+    def shows(text: str) -> None:
+        want = json.dumps(tokenizer.encode(text))
+        deadline = time.time() + 15
+        while time.time() < deadline and ids.input_value() != want:
+            page.wait_for_timeout(100)
+        assert ids.input_value() == want, (text, ids.input_value())
+
+    box.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.press("Delete")
+    shows("")
+    assert page.locator("#tokenizer-tokens .token").count() == 0
+    page.keyboard.type("the king")
+    shows("the king")
+    page.keyboard.press("Backspace")
+    shows("the kin")
+    page.keyboard.press("Home")
+    page.keyboard.press("Delete")
+    shows("he kin")
+    page.keyboard.insert_text("é ")  # as an input method commits text
+    shows("é he kin")
+    page.evaluate("navigator.clipboard.writeText(' sweet love')")
+    page.keyboard.press("End")
+    page.keyboard.press("Control+V")
+    shows("é he kin sweet love")
+    query, count = page.get_by_label("Search the vocabulary"), page.locator("#vocab-count")
+    full = count.inner_text()
+    query.fill("the")
+    page.locator("#vocab-count").get_by_text("matching").wait_for(timeout=15_000)
+    query.press("Control+A")
+    query.press("Backspace")
+    page.locator("#vocab-count").get_by_text(full).wait_for(timeout=15_000)
 
 
 def test_training_summary_shows_every_row_and_what_ended_the_run(served, page):
