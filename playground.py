@@ -26,7 +26,7 @@ from pathlib import Path
 import gradio as gr
 import torch
 
-from llm import viz
+from llm import attention, viz
 from llm.checkpoint import (CONFIG, META, METRICS, CheckpointError, load_checkpoint, metrics_dir, read_config,
                             read_metrics)
 from llm.config import SettingError
@@ -250,8 +250,8 @@ class Playground:
 
     def token_details(self, run: viz.TokenRun | None, evt: gr.SelectData):
         """A token chosen in the Tokens tab -> a line about it and its top alternatives."""
-        i = evt.index if isinstance(evt.index, int) else -1
-        if not run or not 0 <= i < len(run.ids):
+        i = _chosen(evt, self.tokenizer, run.ids if run else [])
+        if not run or i is None:
             raise fail("choose one of the tokens shown")
         source = "prompt" if i < run.n_prompt else "generated"
         t, step = run.ids[i], run.steps[i]
@@ -285,8 +285,8 @@ class Playground:
         """A token clicked in the Tokenizer tab -> (its id, its merge tree)."""
         text = check_text("the text", text, self.limits.text_chars)
         ids = self.tokenizer.encode(text)
-        i = evt.index if isinstance(evt.index, int) else -1
-        if not 0 <= i < len(ids):
+        i = _chosen(evt, self.tokenizer, ids)
+        if i is None:
             raise fail("choose one of the tokens shown")
         return ids[i], viz.merge_tree_text(self.tokenizer, ids[i])
 
@@ -307,10 +307,17 @@ class Playground:
         ids = self.tokenizer.encode(text)
         if not ids:
             raise fail("type a short text to see its attention")
-        att = viz.attention_maps(self.model, ids[:limit])[layer]  # (H, T, T)
+        att = attention.attention_maps(self.model, ids[:limit])[layer]  # (H, T, T)
         w = att.mean(0) if head == "mean" else att[int(head)]
         labels = [viz.token_display(self.tokenizer, t) for t in ids[:limit]]
-        return viz.attention_html(labels, w.tolist(), viz.attention_caption(layer, head, limit, len(ids)))
+        return attention.attention_html(labels, w.tolist(), attention.attention_caption(layer, head, limit, len(ids)))
+
+
+def _chosen(evt: gr.SelectData, tokenizer, ids: list[int]) -> int | None:
+    """The token a click on a token view chose (its segment, mapped back), or None."""
+    owners = viz.segment_tokens(tokenizer, ids)
+    i = evt.index if isinstance(evt.index, int) else -1
+    return owners[i] if 0 <= i < len(owners) else None
 
 
 class Halts:

@@ -12,7 +12,6 @@
     merge_tree, merge_tree_text                  how a BPE token was built from bytes
     search_vocab, special_rows, token_kind       the vocabulary browser
     summary_rows, format_count                   the model tab's tables
-    attention_maps, attention_html               attention weights and their heatmap
 
 Token text is user text: whatever is built into HTML or Markdown here is escaped (html.escape, escape_markdown).
 """
@@ -20,7 +19,6 @@ Token text is user text: whatever is built into HTML or Markdown here is escaped
 from __future__ import annotations
 
 import colorsys
-import html
 import math
 import string
 import unicodedata
@@ -151,13 +149,28 @@ def token_spans(tokenizer, ids: Sequence[int], steps: Sequence[Step | None] | No
     return spans
 
 
-def highlight(spans: Iterable[TokenSpan]) -> tuple[list[tuple[str, str]], dict[str, str]]:
-    """Spans -> (value, color_map) for a highlighted-text view: [(text, label)], {label: colour}."""
+def highlight(spans: Iterable[TokenSpan]) -> tuple[list[tuple[str, str | None]], dict[str, str]]:
+    """Spans -> (value, color_map) for a highlighted-text view: [(text, label)], {label: colour}. A token that
+    holds line breaks keeps its glyphs (↵) and is followed by its breaks as unlabelled text: the view draws a chip
+    with a line break inside as one chip per line. segment_tokens maps the segments back to tokens."""
     value, colors = [], {}
     for s in spans:
-        value.append((s.text, s.label))
+        value.append((s.text.replace("\n", ""), s.label))
+        if s.text.count("\n"):
+            value.append(("\n" * s.text.count("\n"), None))
         colors[s.label] = s.color
     return value, colors
+
+
+def segment_tokens(tokenizer, ids: Sequence[int]) -> list[int | None]:
+    """For each segment highlight() makes of these tokens, the index of its token (None for line breaks): what
+    a click on the view (its segment's index) chose."""
+    owners: list[int | None] = []
+    for i, t in enumerate(ids):
+        owners.append(i)
+        if "\n" in token_display(tokenizer, t):
+            owners.append(None)
+    return owners
 
 
 # -----------------------------------------------------------------------------
@@ -391,53 +404,6 @@ def summary_rows(meta: dict, train: dict | None = None, metrics: Sequence[dict] 
     return rows
 
 
-@torch.inference_mode()
-def attention_maps(model, ids: Sequence[int]) -> list[torch.Tensor]:
-    """Attention weights for one sequence: a list over layers of (H, T, T) float tensors on the CPU."""
-    if not 0 < len(ids) <= model.config.block_size:
-        raise ValueError(f"need 1 to {model.config.block_size} tokens, got {len(ids)}")
-    device = next(model.parameters()).device
-    x = torch.tensor([list(ids)], dtype=torch.long, device=device)
-    _, attn = model.attention_maps(x)
-    return [a[0].float().cpu() for a in attn]
-
-
-MASKED = "repeating-linear-gradient(45deg,#9ca3af66 0 2px,transparent 2px 6px)"
-
-
-def _blue(w: float) -> str:
-    """White blended towards #2563eb by w in [0, 1], as an opaque colour."""
-    w = min(1.0, max(0.0, w))
-    return "#" + "".join(f"{round(255 - w * (255 - c)):02x}" for c in (0x25, 0x63, 0xEB))
-
-
-def attention_html(labels: Sequence[str], weights: Sequence[Sequence[float]], caption: str = "") -> str:
-    """A heatmap table: row i = query token i, column j = key token j, from white (none) to blue (all of the
-    row's attention). The cells are opaque, so they read the same on a light or a dark page; the cells a query
-    cannot see (later keys) are hatched.
-
-    Labels are user text: escaped here."""
-    cell = "width:16px;height:16px;padding:0;border:1px solid #fff;"
-    esc = [html.escape(lab) for lab in labels]
-    vertical = "writing-mode:vertical-rl;transform:rotate(180deg)"  # key tokens read bottom-up above their column
-    head = "".join(f'<th title="{e}" style="{vertical};font-weight:normal;border:0;font-size:11px;padding:2px;'
-                   f'white-space:nowrap;max-height:90px;overflow:hidden">{e}</th>' for e in esc)
-    body = []
-    for i, (e, row) in enumerate(zip(esc, weights)):
-        tds = []
-        for j, w in enumerate(row):
-            w = float(w)
-            if j > i:  # causal: a query never sees later keys
-                tds.append(f'<td style="{cell}background:{MASKED}"></td>')
-            else:
-                tds.append(f'<td title="{e} → {esc[j]}: {w:.3f}" style="{cell}background:{_blue(w)}"></td>')
-        body.append(f'<tr><th style="text-align:right;font-weight:normal;font-size:11px;padding:0 4px;border:0;'
-                    f'white-space:pre">{e}</th>{"".join(tds)}</tr>')
-    cap = f"<caption style='caption-side:bottom;font-size:12px'>{html.escape(caption)}</caption>" if caption else ""
-    return (f'<div style="overflow:auto"><table style="border-collapse:collapse;font-family:monospace">{cap}'
-            f'<tr><th style="border:0"></th>{head}</tr>{"".join(body)}</table></div>')
-
-
 # -----------------------------------------------------------------------------
 # lines of text for the page (Markdown; user text escaped)
 
@@ -491,10 +457,3 @@ def counts_markdown(counts: dict[str, float | int]) -> str:
 
 def vocab_count_line(shown: int, total: int, query: str) -> str:
     return f"{shown} of {total:,} tokens" + (" matching" if query else " (longest first)")
-
-
-def attention_caption(layer: int, head: str, shown: int, total: int) -> str:
-    which = "mean over heads" if head == "mean" else f"head {head}"
-    note = f" (the first {shown} of its {total} tokens)" if total > shown else ""
-    return (f"layer {layer}, {which}{note}: row = query token, column = key token it attends to; "
-            "white = none, blue = all of the row's attention; hatched = later tokens it cannot see")

@@ -249,7 +249,7 @@ def test_tokenize(pg):
     ids, tokens, chunks, counts = pg.tokenize(text)
     ids = json.loads(ids)
     assert pg.tokenizer.decode(ids) == text
-    assert [label for _, label in tokens["value"]] == [str(i) for i in ids]
+    assert [label for _, label in tokens["value"] if label is not None] == [str(i) for i in ids]  # None: a break
     assert "".join(c for c, _ in chunks["value"]).replace("·", " ").replace("↵", "") == text
     assert f"**{len(ids)}** tokens" in counts and "**29** characters · **32** bytes" in counts
     with pytest.raises(gr.Error, match="the text is 10,001 characters long; the limit is 10,000"):

@@ -173,6 +173,55 @@ def test_live_tokenization_follows_every_edit(served, page, tmp_path_factory):
     page.locator("#vocab-count").get_by_text(full).wait_for(timeout=15_000)
 
 
+@pytest.fixture(scope="module")
+def paragraphs(tmp_path_factory):
+    """The app on a model whose tokenizer has a token of "." and two newlines (paragraphs end that way)."""
+    from conftest import make_text
+    from test_app import TINY_RUN
+
+    import train_cli
+
+    d = tmp_path_factory.mktemp("paragraphs")
+    (d / "corpus.txt").write_text("\n\n".join(make_text(400).replace(",", ".").splitlines()), encoding="utf-8")
+    assert train_cli.main(["--corpus", str(d / "corpus.txt"), "--out", str(d / "out"), *TINY_RUN]) == 0
+    loaded = app.load_playground(str(d / "out"))
+    demo = app.build_app(*loaded)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/", loaded[1]
+    finally:
+        demo.close()
+
+
+def test_a_token_with_two_newlines_is_one_chip(paragraphs, page):
+    """In the Tokenizer and the Tokens tab, a token that holds line breaks is one chip (and the text still breaks
+    its lines there); clicking it chooses that token."""
+    url, tok = paragraphs
+    text = "The king.\n\nSweet love.\n\nGood"
+    ids = tok.encode(text)
+    dot = next(t for t in ids if tok.decode([t]).startswith(".") and tok.decode([t]).count("\n") == 2)
+    page.goto(url)
+    page.get_by_role("tab", name="Tokenizer").click()
+    page.get_by_label("Text", exact=True).fill(text)
+    chips = page.locator("#tokenizer-tokens .token")
+    deadline = time.time() + 15
+    while time.time() < deadline and page.locator("#token-ids textarea").input_value() != json.dumps(ids):
+        page.wait_for_timeout(100)
+    assert chips.count() == len(ids)
+    for i in (ids.index(dot), ids.index(dot) + 1):  # the token with the breaks, and the one after them
+        chips.nth(i).click()
+        deadline = time.time() + 15
+        while time.time() < deadline and page.get_by_label("Token id").input_value() != str(ids[i]):
+            page.wait_for_timeout(100)
+        assert page.get_by_label("Token id").input_value() == str(ids[i])
+    page.get_by_role("tab", name="Generate").click()
+    page.get_by_label("Prompt").fill(text)
+    page.get_by_role("tab", name="Tokens").click()
+    page.locator("#token-view .token").first.wait_for(timeout=15_000)
+    assert page.locator("#token-view .token").count() == len(ids)
+
+
 def test_training_summary_shows_every_row_and_what_ended_the_run(served, page):
     """The bundled model (a run ended by its time budget) picked in the selector: its training summary says the
     budget, not "max steps 0", and shows every row without a scroll bar of its own."""

@@ -19,7 +19,7 @@ LAYERS = [
     ["llm.data", "llm.optim", "llm.runtime"],
     ["llm.run"],
     ["llm.train"],
-    ["llm.viz", "llm.card", "llm.worker"],
+    ["llm.viz", "llm.attention", "llm.card", "llm.worker"],
     ["llm.hub", "llm.studio"],
     ["llm"],  # the package's face: llm.load_checkpoint delegates Hub ids to llm.hub
     ["llm.generate", "playground", "train_cli"],

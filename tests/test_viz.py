@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import make_text
-from llm import viz
+from llm import attention, viz
 from llm.model import GPT, ModelConfig
 from llm.sample import SampleConfig, generate
 from llm.tokenizer import CharTokenizer, Tokenizer
@@ -234,18 +234,29 @@ def test_summary_rows():
 
 def test_attention_maps(model, tok):
     ids = tok.encode("the king shall")
-    maps = viz.attention_maps(model, ids)
+    maps = attention.attention_maps(model, ids)
     T = len(ids)
     assert len(maps) == 2 and maps[0].shape == (2, T, T)
     for a in maps:
         assert torch.allclose(a.sum(-1), torch.ones(2, T), atol=1e-5)
         assert torch.all(a.triu(1) == 0)  # causal
     with pytest.raises(ValueError, match="tokens"):
-        viz.attention_maps(model, [])
+        attention.attention_maps(model, [])
 
 
 def test_attention_html_escapes_labels():
-    out = viz.attention_html(["<b>", "x\"y"], [[1.0, 0.0], [0.25, 0.75]], caption="<i>")
+    out = attention.attention_html(["<b>", "x\"y"], [[1.0, 0.0], [0.25, 0.75]], caption="<i>")
     assert "<b>" not in out and "&lt;b&gt;" in out and "x&quot;y" in out and "&lt;i&gt;" in out
     assert out.count("<tr>") == 3 and "background:#5c8af0" in out  # 0.75 of the way from white to #2563eb
-    assert out.count(viz.MASKED) == 1 and "rgba(" not in out  # opaque: a dark page cannot show through
+    assert out.count(attention.MASKED) == 1 and "rgba(" not in out  # opaque: a dark page cannot show through
+
+
+def test_a_token_with_line_breaks_is_one_segment_then_its_breaks(tok):
+    spans = [viz.TokenSpan(0, 5, "a", "5", "#fff"), viz.TokenSpan(1, 6, ".↵\n↵\n", "6", "#eee"),
+             viz.TokenSpan(2, 7, "b", "7", "#ddd")]
+    value, colors = viz.highlight(spans)
+    assert value == [("a", "5"), (".↵↵", "6"), ("\n\n", None), ("b", "7")] and colors["6"] == "#eee"
+    ids = tok.encode("x.\n\ny")
+    owners = viz.segment_tokens(tok, ids)
+    assert [o for o in owners if o is not None] == list(range(len(ids)))
+    assert len(owners) == len(viz.highlight(viz.token_spans(tok, ids, color_by="id"))[0])

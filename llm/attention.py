@@ -1,0 +1,67 @@
+"""The Model tab's attention view: a short text's attention weights per layer, and their heatmap (no gradio).
+
+    attention_maps(model, ids)          a list over layers of (H, T, T) weights
+    attention_html(labels, weights)     one head's (or the mean's) weights as a table of coloured cells
+    attention_caption(...)              the line under it
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+import torch
+
+
+@torch.inference_mode()
+def attention_maps(model, ids: Sequence[int]) -> list[torch.Tensor]:
+    """Attention weights for one sequence: a list over layers of (H, T, T) float tensors on the CPU."""
+    if not 0 < len(ids) <= model.config.block_size:
+        raise ValueError(f"need 1 to {model.config.block_size} tokens, got {len(ids)}")
+    device = next(model.parameters()).device
+    x = torch.tensor([list(ids)], dtype=torch.long, device=device)
+    _, attn = model.attention_maps(x)
+    return [a[0].float().cpu() for a in attn]
+
+
+MASKED = "repeating-linear-gradient(45deg,#9ca3af66 0 2px,transparent 2px 6px)"
+
+
+def _blue(w: float) -> str:
+    """White blended towards #2563eb by w in [0, 1], as an opaque colour."""
+    w = min(1.0, max(0.0, w))
+    return "#" + "".join(f"{round(255 - w * (255 - c)):02x}" for c in (0x25, 0x63, 0xEB))
+
+
+def attention_html(labels: Sequence[str], weights: Sequence[Sequence[float]], caption: str = "") -> str:
+    """A heatmap table: row i = query token i, column j = key token j, from white (none) to blue (all of the
+    row's attention). The cells are opaque, so they read the same on a light or a dark page; the cells a query
+    cannot see (later keys) are hatched.
+
+    Labels are user text: escaped here."""
+    cell = "width:16px;height:16px;padding:0;border:1px solid #fff;"
+    esc = [html.escape(lab) for lab in labels]
+    vertical = "writing-mode:vertical-rl;transform:rotate(180deg)"  # key tokens read bottom-up above their column
+    head = "".join(f'<th title="{e}" style="{vertical};font-weight:normal;border:0;font-size:11px;padding:2px;'
+                   f'white-space:nowrap;max-height:90px;overflow:hidden">{e}</th>' for e in esc)
+    body = []
+    for i, (e, row) in enumerate(zip(esc, weights)):
+        tds = []
+        for j, w in enumerate(row):
+            w = float(w)
+            if j > i:  # causal: a query never sees later keys
+                tds.append(f'<td style="{cell}background:{MASKED}"></td>')
+            else:
+                tds.append(f'<td title="{e} → {esc[j]}: {w:.3f}" style="{cell}background:{_blue(w)}"></td>')
+        body.append(f'<tr><th style="text-align:right;font-weight:normal;font-size:11px;padding:0 4px;border:0;'
+                    f'white-space:pre">{e}</th>{"".join(tds)}</tr>')
+    cap = f"<caption style='caption-side:bottom;font-size:12px'>{html.escape(caption)}</caption>" if caption else ""
+    return (f'<div style="overflow:auto"><table style="border-collapse:collapse;font-family:monospace">{cap}'
+            f'<tr><th style="border:0"></th>{head}</tr>{"".join(body)}</table></div>')
+
+
+def attention_caption(layer: int, head: str, shown: int, total: int) -> str:
+    which = "mean over heads" if head == "mean" else f"head {head}"
+    note = f" (the first {shown} of its {total} tokens)" if total > shown else ""
+    return (f"layer {layer}, {which}{note}: row = query token, column = key token it attends to; "
+            "white = none, blue = all of the row's attention; hatched = later tokens it cannot see")
