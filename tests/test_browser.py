@@ -3,6 +3,7 @@
 Skipped, with the reason, where chromium or playwright is missing (.ci/run installs chromium).
 """
 
+import contextlib
 import importlib.util
 import json
 import re
@@ -32,17 +33,23 @@ def _screenshot_module():
     return module
 
 
+@contextlib.contextmanager
+def launched(demo):
+    """The app served on a free local port, for the test's duration: its URL."""
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     loaded = app.load_playground(str(tiny_run(tmp_path_factory)))
     without_endoftext(loaded[0], loaded[1])
-    demo = app.build_app(*loaded)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/", loaded[0]
-    finally:
-        demo.close()
+    with launched(app.build_app(*loaded)) as url:
+        yield url, loaded[0]
 
 
 @pytest.fixture
@@ -185,13 +192,8 @@ def paragraphs(tmp_path_factory):
     (d / "corpus.txt").write_text("\n\n".join(make_text(400).replace(",", ".").splitlines()), encoding="utf-8")
     assert train_cli.main(["--corpus", str(d / "corpus.txt"), "--out", str(d / "out"), *TINY_RUN]) == 0
     loaded = app.load_playground(str(d / "out"))
-    demo = app.build_app(*loaded)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/", loaded[1]
-    finally:
-        demo.close()
+    with launched(app.build_app(*loaded)) as url:
+        yield url, loaded[1]
 
 
 def test_a_token_with_two_newlines_is_one_chip(paragraphs, page):
@@ -271,13 +273,8 @@ def studio_served(tmp_path):
     from train_tab import StudioSettings
 
     loaded = app.load_playground(str(tiny_run(tmp_path)))
-    demo = app.build_app(*loaded, settings=StudioSettings(runs_dir=tmp_path / "runs", train_threads=1))
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+    with launched(app.build_app(*loaded, settings=StudioSettings(runs_dir=tmp_path / "runs", train_threads=1))) as url:
+        yield url
 
 
 def _plot_points(page, plot: str = "#run-plot") -> int:
