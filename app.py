@@ -43,6 +43,19 @@ EXAMPLES = ["ROMEO:\n", "JULIET:\nO Romeo, Romeo,", "First Citizen:\nBefore we p
 EXPLORER_TEXT = "First Citizen:\nWe are accounted poor citizens, the patricians good.\nWhat authority surfeits on 🍞?"
 ATTENTION_TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?"
 PRIVATE = dict(api_visibility="private")  # events the page needs that are no API of the app
+PICK_A_TOKEN = "Click a token to see the model's alternatives there."
+# in the page: outline the chosen token (the view has no selection of its own), keep the details beside the
+# tokens in view as the page scrolls (sticky), and scroll to them where they sit under the tokens (a phone)
+MARK_CHOSEN = """(i) => {
+    document.querySelectorAll('#token-view .token').forEach((t, j) => {
+        t.style.outline = j === i ? '3px solid var(--body-text-color)' : '';
+        t.style.outlineOffset = j === i ? '1px' : '';
+    });
+    const d = document.querySelector('#token-details');
+    Object.assign(d.style, {position: 'sticky', top: '8px', alignSelf: 'flex-start'});
+    const r = d.getBoundingClientRect();
+    if (r.top < 0 || r.top > innerHeight - 80) d.scrollIntoView({block: 'start', behavior: 'smooth'});
+}"""
 POLL = dict(show_progress="hidden", concurrency_limit=None, **PRIVATE)  # a timer's refresh: never queued behind work
 
 
@@ -152,23 +165,28 @@ def tokens_tab(models: Models, key: gr.State, run: gr.State, prompt: gr.Textbox)
     with gr.Tab("Tokens", id="tokens") as tab:
         color_by = gr.Radio(["probability", "id"], value="probability", label="Colour tokens by")
         summary = gr.Markdown("Generate some text, or open this tab to see the prompt's tokens.")
-        view = gr.HighlightedText(label="Prompt and generated tokens", show_legend=False, combine_adjacent=False,
-                                  elem_id="token-view")
-        info = gr.Markdown()
-        alternatives = gr.Dataframe(headers=viz.ALT_HEADERS, label="Top alternatives at this step",
-                                    interactive=False, datatype=["str", "str", "number", "number"])
+        with gr.Row():  # the details beside the tokens on a wide screen, under them on a phone
+            view = gr.HighlightedText(label="Prompt and generated tokens", show_legend=False,
+                                      combine_adjacent=False, elem_id="token-view", scale=3)
+            with gr.Column(scale=2, elem_id="token-details"):
+                info = gr.Markdown(PICK_A_TOKEN)
+                alternatives = gr.Dataframe(headers=viz.ALT_HEADERS, label="Top alternatives at this step",
+                                            interactive=False, datatype=["str", "str", "number", "number"])
+        chosen = gr.Number(None, visible=False)  # the clicked token's index, for the page to mark it
     for name, trigger in (("show_tokens", tab.select), ("recolor_tokens", color_by.change)):
         trigger(gpu(on(models, "show_tokens")), [key, run, prompt, color_by], [view, summary, run], api_name=name,
                 **PRIVATE)
 
     def token_details(k, r, evt: gr.SelectData):
-        return session_model(models, k).token_details(r, evt)
+        pg = session_model(models, k)
+        return *pg.token_details(r, evt), pg.chosen_token(r, evt)
 
-    view.select(token_details, [key, run], [info, alternatives], api_name="token_details", **PRIVATE)
+    view.select(token_details, [key, run], [info, alternatives, chosen], api_name="token_details", **PRIVATE) \
+        .success(None, [chosen], None, js=MARK_CHOSEN, **PRIVATE)
 
     def switched(dep):  # another model's tokenizer: the old run's ids mean nothing to it
-        dep.success(lambda: (None, None, "Generate some text, or open this tab to see the prompt's tokens.", "", None),
-                    None, [run, view, summary, info, alternatives], **PRIVATE)
+        dep.success(lambda: (None, None, "Generate some text, or open this tab to see the prompt's tokens.",
+                             PICK_A_TOKEN, None), None, [run, view, summary, info, alternatives], **PRIVATE)
     return switched
 
 

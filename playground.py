@@ -258,6 +258,10 @@ class Playground:
         rows = viz.alternative_rows(self.tokenizer, step, t) if step is not None else []
         return viz.step_markdown(self.tokenizer, t, step, i, source), rows
 
+    def chosen_token(self, run: viz.TokenRun | None, evt: gr.SelectData) -> int | None:
+        """The index of the token a click on the Tokens tab's view chose."""
+        return _chosen(evt, self.tokenizer, run.ids if run else [])
+
     def explore(self, text: str) -> tuple[str, tuple, tuple, str]:
         """(ids as JSON, (tokens labelled by id, colours), (pre-split chunks, colours), counts line)."""
         text = check_text("the text", text, self.limits.text_chars)

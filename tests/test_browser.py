@@ -119,6 +119,31 @@ def test_stop_ends_the_run_cleanly_at_any_moment(served, page):
     page.get_by_text("stopped at max new tokens").wait_for(timeout=60_000)
 
 
+IN_VIEW = "el => { const r = el.getBoundingClientRect(); return r.top >= -8 && r.top < innerHeight - 40; }"
+
+
+@pytest.mark.parametrize("width, height", [(1280, 900), (390, 844)])
+def test_a_clicked_token_shows_its_details_where_one_looks(served, page, width, height):
+    """After 200 tokens, a click on the last one: its details and alternatives are in view (beside the tokens on
+    a wide screen, scrolled to on a phone) and the token is marked."""
+    page.set_viewport_size({"width": width, "height": height})
+    _screenshot_module().generate_in_page(page, served[0], "KING:", max_new_tokens=200, seed=3)
+    if width < 600:  # a phone shows the first tabs and the rest behind a button
+        page.get_by_role("button", name="More tabs").click() if not page.get_by_role("tab", name="Tokens") \
+            .is_visible() else None
+    page.get_by_role("tab", name="Tokens").click()
+    tokens = page.locator("#token-view .token")
+    tokens.nth(150).wait_for(timeout=30_000)
+    last = tokens.nth(tokens.count() - 1)
+    last.scroll_into_view_if_needed()
+    last.click()
+    page.locator("#token-details").get_by_text("(generated)").wait_for(timeout=30_000)
+    page.wait_for_timeout(800)  # the smooth scroll
+    assert page.locator("#token-details").evaluate(IN_VIEW)
+    assert last.evaluate("el => getComputedStyle(el).outlineStyle") == "solid"
+    assert tokens.nth(0).evaluate("el => getComputedStyle(el).outlineStyle") == "none"
+
+
 def test_a_token_id_out_of_range_is_said_in_place(served, page, capfd):
     """The merge tree box with an id the vocabulary has not: a line in the tree's place, no error badge, and no
     traceback in the server's log; a good id after it shows its tree."""
