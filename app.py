@@ -108,8 +108,9 @@ def knob_slider(knob: Knob, low: float | None, high: float | None, value: float)
     lo, hi = knob.low if low is None else low, knob.high if high is None else high
     if knob.slider:
         lo, hi = knob.slider[0], min(knob.slider[1], hi)
+    info = "; ".join(x for x in (knob.help, knob.note) if x) or None  # what it does, then what "off" is
     return gr.Slider(lo, hi, value, step=knob.step, label=knob.label[:1].upper() + knob.label[1:],
-                     info=knob.note or None)  # no precision=0: Gradio's int() of a NaN is an error with no words
+                     info=info)  # no precision=0: Gradio's int() of a NaN is an error with no words
 
 
 def generate_tab(models: Models, key: gr.State, run: gr.State) -> tuple[gr.Textbox, Callable]:
@@ -120,21 +121,25 @@ def generate_tab(models: Models, key: gr.State, run: gr.State) -> tuple[gr.Textb
         with gr.Row():
             with gr.Column(scale=3):
                 prompt = gr.Textbox(EXAMPLES[0], lines=4, label="Prompt", max_length=lim.prompt_chars)
+                gr.Examples([[e] for e in EXAMPLES], [prompt], label="Example prompts", cache_examples=False,
+                            api_name="load_example", **PRIVATE)
                 with gr.Row():
                     go = gr.Button("Generate", variant="primary")
                     stop_btn = gr.Button("Stop", variant="stop", interactive=False)
+                    more = gr.Button("Continue", elem_id="continue")  # from the output
                 output = gr.Textbox(lines=14, max_lines=30, label="Output (prompt + generated text)",
                                     interactive=False, buttons=["copy"], elem_id="output")
                 stats = gr.Markdown("Generation stats appear here after a run.", elem_id="stats")
-                gr.Examples([[e] for e in EXAMPLES], [prompt], label="Example prompts", cache_examples=False,
-                            api_name="load_example", **PRIVATE)
             with gr.Column(scale=2):
                 controls = [knob_slider(k, *ranges.get(k.name, (None, None)), DEFAULTS[k.name]) for k in KNOBS]
-                controls.append(gr.Number(DEFAULTS["seed"], label="Seed", info=SEED.note, step=1,
-                                          minimum=SEED.low))
+                controls.append(gr.Number(DEFAULTS["seed"], label="Seed", step=1, minimum=SEED.low,
+                                          info="the same seed and settings give the same text; -1 = a new one "
+                                               "each time (the line under the output says which)"))
                 controls.append(gr.Textbox(DEFAULTS["stop"], label="Stop strings", max_length=200,
                                            info=r"comma-separated; \n is a newline, e.g. \n\n"))
         run_id = gr.State(None)  # the streaming run's, for Stop (a State must sit inside a tab, not among the Tabs)
+    # the output becomes the prompt (its end, where the prompt is too short for all of it), ready for Generate
+    more.click(lambda text: (text or "")[-lim.prompt_chars:], [output], [prompt], queue=False, **PRIVATE)
     # Generate is off while a run streams and Stop only then; Stop sets the run's flag, and the run ends itself
     # with its text and a last line (Gradio's cancels would end it mid-update, with nothing said)
 

@@ -174,7 +174,7 @@ class Playground:
             raise fail(f"at most {self.limits.stop_strings} stop strings; got {len(stop)}")
         try:
             return SampleConfig(**{k.name: settings[k.name] for k in KNOBS}, stop=stop,
-                                seed=None if seed == -1 else seed, num_alternatives=10,
+                                seed=secrets.randbelow(2**32) if seed == -1 else seed, num_alternatives=10,
                                 ranges=self.sample_ranges(), for_people=True)
         except SettingError as e:
             raise fail(str(e)) from None
@@ -209,14 +209,14 @@ class Playground:
         yield prompt, "generating…", run
         events = generate(self.model, self.tokenizer, ids, cfg)
         try:
-            yield from self._stream(events, prompt, run, cropped, t0, halt)
+            yield from self._stream(events, prompt, run, cropped, t0, halt, cfg.seed)
         except ValueError as e:  # the sampler's one line: non-finite scores, buffers that do not fit
             raise fail(str(e)) from None
         finally:
             events.close()
 
     def _stream(self, events: Iterator, text: str, run: viz.TokenRun, cropped: int, t0: float,
-                halt: threading.Event | None = None):
+                halt: threading.Event | None = None, seed: int | None = None):
         """generate's updates from the sampler's events (asked for at t0), one per stream_interval at most."""
         n, reason, first, last = 0, "length", None, t0
         for ev in events:
@@ -235,7 +235,7 @@ class Playground:
             if ev.text and (n == 1 or now - last >= self.stream_interval):
                 last = now
                 yield text, viz.progress_line(n, now - t0), run
-        yield text, viz.stats_markdown(n, time.perf_counter() - t0, first, reason, cropped), run
+        yield text, viz.stats_markdown(n, time.perf_counter() - t0, first, reason, cropped, seed), run
 
     def show_tokens(self, run: viz.TokenRun | None, prompt: str, color_by: str):
         """The Tokens tab: the last run (or the prompt alone) as coloured tokens, and a summary line."""

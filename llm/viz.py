@@ -408,20 +408,26 @@ def summary_rows(meta: dict, train: dict | None = None, metrics: Sequence[dict] 
 # lines of text for the page (Markdown; user text escaped)
 
 
+WELCOME = ("Train a GPT on your own text in the **Train** tab, or try the one loaded here: write a prompt, press "
+           "**Generate**, then open **Tokens** to see how likely the model found each token.")
+
+
 def header_markdown(name: str, num_params: int, meta: dict, config, device: str) -> str:
-    """The title line: the model's name, size, figures and where it runs."""
-    parts = [f"**{escape_markdown(name)}**", f"{format_count(num_params)} parameters"]
+    """The title, what to try first, and the loaded model in parts: its name, size, training and where it runs."""
     number = lambda key: isinstance(meta.get(key), (int, float)) and not isinstance(meta.get(key), bool)
-    if number("val_loss"):  # meta.json is a file anyone may have edited: show only what reads as numbers
-        parts.append(f"val loss {meta['val_loss']:.3f}")
-    if number("bits_per_byte"):
-        parts.append(f"{meta['bits_per_byte']:.3f} bits per byte")
-    if number("step"):
-        parts.append(f"{meta['step']:,} steps")
     c = config
-    parts.append(f"{c.n_layer} layer{'s' * (c.n_layer != 1)} × {c.n_embd} dims, context {c.block_size} tokens")
-    parts.append(f"on {device}")
-    return "# scratchgpt playground\nModel: " + " · ".join(parts)
+    size = (f"{format_count(num_params)} parameters, {c.n_layer} layer{'s' * (c.n_layer != 1)} × {c.n_embd} dims, "
+            f"context {c.block_size} tokens")
+    trained = []  # meta.json is a file anyone may have edited: show only what reads as numbers
+    if number("step"):
+        trained.append(f"{meta['step']:,} steps")
+    if number("val_loss"):
+        trained.append(f"val loss {meta['val_loss']:.3f}")
+    if number("bits_per_byte"):
+        trained.append(f"{meta['bits_per_byte']:.3f} bits per byte")
+    parts = [f"**Model** {escape_markdown(name)}", f"**Size** {size}"]
+    parts += [f"**Trained** {', '.join(trained)}"] if trained else []
+    return f"# scratchgpt studio\n{WELCOME}\n\n" + " · ".join(parts + [f"**Runs on** {device}"])
 
 
 def progress_line(n: int, seconds: float) -> str:
@@ -431,10 +437,13 @@ def progress_line(n: int, seconds: float) -> str:
 STOP_REASONS = {"length": "max new tokens", "eos": "end of text", "stop": "a stop string", "halt": "your Stop"}
 
 
-def stats_markdown(n: int, seconds: float, first: float | None, reason: str, cropped: int = 0) -> str:
-    """The line after a generation: tokens, speed, time to the first token, why it stopped. `reason` is a
-    TokenEvent's finish_reason or, for a limit of the app's, its own words."""
+def stats_markdown(n: int, seconds: float, first: float | None, reason: str, cropped: int = 0,
+                   seed: int | None = None) -> str:
+    """The line after a generation: tokens, speed, time to the first token, why it stopped, and the seed that
+    gives the same text again. `reason` is a TokenEvent's finish_reason or, for a limit of the app's, its own
+    words."""
     note = f" · the prompt's first {cropped:,} tokens did not fit the context and were dropped" if cropped else ""
+    note += f" · seed **{seed}** (the same seed and settings give this text again)" if seed is not None else ""
     return (f"**{n} token{'s' * (n != 1)}** in {seconds:.2f} s · **{n / seconds:.1f} tokens/s** · first token "
             f"after {1000 * (first or seconds):.0f} ms · stopped at {STOP_REASONS.get(reason, reason)}{note}")
 

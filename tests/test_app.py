@@ -5,6 +5,7 @@ import inspect
 import json
 import os
 import pickle
+import re
 import socket
 import time
 from pathlib import Path
@@ -124,6 +125,14 @@ def test_metrics_inside_or_beside_the_checkpoint(tmp_path):
 def test_header(pg):
     h = pg.header()
     assert "out&#47;best" in h and "26.1K parameters" in h and "val loss 5." in h and "bits per byte" in h
+    assert "**Train** tab" in h and "press **Generate**" in h  # what this is and what to try first
+
+
+def test_a_random_seed_is_shown_and_gives_the_text_again(pg):
+    *_, (text, stats, _) = pg.generate("KING:", **{**GEN, "seed": -1})
+    seed = int(re.search(r"seed \*\*(\d+)\*\*", stats).group(1))
+    *_, (again, stats_again, _) = pg.generate("KING:", **{**GEN, "seed": seed})
+    assert again == text and f"seed **{seed}**" in stats_again
 
 
 # --- generate -----------------------------------------------------------------------------------------------
