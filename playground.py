@@ -26,15 +26,15 @@ from pathlib import Path
 import gradio as gr
 import torch
 
-from llm import attention, viz
+from llm import attention, hub, viz
 from llm.checkpoint import (CONFIG, META, METRICS, CheckpointError, load_checkpoint, metrics_dir, read_config,
                             read_metrics)
 from llm.config import SettingError
-from llm.hub import default_checkpoint, is_hub_spec, resolve_checkpoint
+from llm.hub import find_checkpoint as find_default_checkpoint, is_hub_spec, resolve_checkpoint
 from llm.sample import KNOBS, Knob, SampleConfig, generate, parse_stop, prepare_prompt
 
 ROOT = Path(__file__).resolve().parent
-BUNDLED = ROOT / "assets" / "model"
+BUNDLED = hub.BUNDLED
 SEED = Knob("seed", "seed", -1, 2**32 - 1, integer=True, note="-1 = random")
 SETTINGS = [k.name for k in KNOBS] + ["seed", "stop"]  # the Generate tab's controls after the prompt, in order
 DEFAULTS = {**{k.name: getattr(SampleConfig(), k.name) for k in KNOBS}, "max_new_tokens": 200, "seed": -1,
@@ -87,21 +87,8 @@ def check_number(knob: Knob, value, low: float | None = None, high: float | None
 
 
 def find_checkpoint(cli_value: str | None = None, cwd: str | os.PathLike = ".") -> str:
-    """--checkpoint, else $SCRATCHGPT_CHECKPOINT, else the newest checkpoints/*/best (by mtime) under cwd,
-    else the bundled assets/model/. CheckpointError (one line) when there is none."""
-    if cli_value is not None and not cli_value.strip():
-        raise CheckpointError("--checkpoint is empty: give a checkpoint directory or a Hub repo id USER/NAME")
-    spec = default_checkpoint(cli_value)
-    if spec:
-        return spec
-    runs = [p for p in Path(cwd).glob("checkpoints/*/best") if p.is_dir()]
-    if runs:
-        return str(max(runs, key=lambda p: p.stat().st_mtime))
-    if (BUNDLED / CONFIG).is_file():
-        return str(BUNDLED)
-    raise CheckpointError("no model to open: pass --checkpoint DIR, set SCRATCHGPT_CHECKPOINT, or train one with "
-                          "`python train_cli.py --corpus FILE` (it writes checkpoints/<name>/best); the bundled "
-                          f"model {BUNDLED} is missing too")
+    """What the app opens first: hub.find_checkpoint, with this app's bundled model."""
+    return find_default_checkpoint(cli_value, cwd, BUNDLED)
 
 
 def model_name(spec: str, path: Path) -> str:

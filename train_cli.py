@@ -13,49 +13,82 @@ import json
 import sys
 from pathlib import Path
 
-from llm.cli import ArgumentParser, as_flags
-from llm.config import from_dict
+from llm.cli import ArgumentParser, as_flags, flag
+from llm.config import from_dict, to_dict
 from llm.model import MLP_CHOICES, NORM_CHOICES, POSITIONS, ModelConfig
 from llm.run import CHOICES, PRESETS, TrainConfig, TrainingError
 from llm.train import train
 
+# each setting's flag: its group, argparse keywords, and a line of help (the default is added from the configs)
+SETTING_FLAGS = {
+    "data": [
+        ("tokenizer", dict(choices=CHOICES["tokenizer"]), "bpe: byte-level BPE (GPT-4 split); char: one token per "
+                                                          "character"),
+        ("vocab_size", dict(type=int), "BPE's vocabulary, in tokens (256 bytes + merges + end-of-text)"),
+        ("val_frac", dict(type=float), "the end of the text held out for validation, a fraction"),
+        ("encoding_errors", dict(choices=CHOICES["encoding_errors"]), "bytes that are not UTF-8: strict refuses "
+                                                                      "the corpus, replace swaps in U+FFFD"),
+    ],
+    "model": [
+        ("n_layer", dict(type=int), "transformer blocks"),
+        ("n_head", dict(type=int), "attention heads per block (divides --n-embd)"),
+        ("n_embd", dict(type=int), "width: the size of each token's vector"),
+        ("block_size", dict(type=int), "context length, in tokens"),
+        ("dropout", dict(type=float), "dropout probability while training"),
+        ("bias", dict(action=argparse.BooleanOptionalAction), "biases in linear layers and norms"),
+        ("pos", dict(choices=list(POSITIONS)), "position encoding"),
+        ("norm", dict(choices=NORM_CHOICES), "normalization layer"),
+        ("mlp", dict(choices=MLP_CHOICES), "feed-forward block"),
+        ("tie_embeddings", dict(action=argparse.BooleanOptionalAction), "share the input embedding and output head"),
+    ],
+    "optimisation": [
+        ("optimizer", dict(choices=CHOICES["optimizer"]), "muon: Muon for block matrices, AdamW for the rest"),
+        ("lr", dict(type=float), "AdamW's peak learning rate"),
+        ("muon_lr", dict(type=float), "Muon's peak learning rate"),
+        ("min_lr", dict(type=float), "AdamW's learning rate at the end of the cosine (Muon's by the same ratio)"),
+        ("warmup_steps", dict(type=int), "steps of linear warmup"),
+        ("weight_decay", dict(type=float), "AdamW's decoupled weight decay"),
+        ("grad_clip", dict(type=float), "clip the gradient norm to this; 0 = off"),
+        ("batch_size", dict(type=int), "sequences per micro-batch"),
+        ("grad_accum", dict(type=int), "micro-batches per step"),
+    ],
+    "run": [
+        ("max_steps", dict(type=int), "stop after this many steps; 0 = no step limit"),
+        ("time_budget", dict(type=float), "stop after this many seconds of training; 0 = none (neither set: 300)"),
+        ("eval_interval", dict(type=int), "steps between evaluations (each saves last/, and best/ if better)"),
+        ("eval_iters", dict(type=int), "batches per split in an evaluation"),
+        ("log_interval", dict(type=int), "steps between rows of metrics.jsonl"),
+        ("sample_tokens", dict(type=int), "tokens of the sample printed at each evaluation; 0 = none"),
+        ("seed", dict(type=int), "the same seed and settings give the same run"),
+        ("device", dict(choices=CHOICES["device"]), "auto: CUDA, else MPS, else CPU"),
+        ("dtype", dict(choices=CHOICES["dtype"]), "auto: bf16 autocast on GPUs, fp32 on CPU"),
+        ("compile", dict(action=argparse.BooleanOptionalAction), "torch.compile (default: on CUDA only)"),
+    ],
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    # every default is None so that the flags a user actually typed can be told apart (presets, --resume)
+    # every default is None so that the flags a user actually typed can be told apart (presets, --resume); the
+    # help shows the configs' defaults
     p = ArgumentParser(prog="train_cli.py", description="Train a byte-level BPE tokenizer and a GPT on a text corpus.",
-                argument_default=None)
-    p.add_argument("--corpus", nargs="+", help="text file(s), an http(s) URL, or tiny_shakespeare")
-    p.add_argument("--out", help="checkpoint directory (default checkpoints/<corpus name>)")
-    p.add_argument("--config", help="JSON or YAML file of settings; flags override it")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="a named set of settings; flags override it")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last/ checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace the checkpoints already in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g = p.add_argument_group("tokenizer and data")
-    g.add_argument("--tokenizer", choices=CHOICES["tokenizer"])
-    g.add_argument("--vocab-size", type=int)
-    g.add_argument("--val-frac", type=float)
-    g.add_argument("--encoding-errors", choices=CHOICES["encoding_errors"])
-    g = p.add_argument_group("model")
-    g.add_argument("--n-layer", type=int)
-    g.add_argument("--n-head", type=int)
-    g.add_argument("--n-embd", type=int)
-    g.add_argument("--block-size", type=int)
-    g.add_argument("--dropout", type=float)
-    g.add_argument("--bias", action=argparse.BooleanOptionalAction)
-    g.add_argument("--pos", choices=list(POSITIONS))
-    g.add_argument("--norm", choices=NORM_CHOICES)
-    g.add_argument("--mlp", choices=MLP_CHOICES)
-    g.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction)
-    g = p.add_argument_group("training")
-    for flag, typ in [("--batch-size", int), ("--grad-accum", int), ("--lr", float), ("--muon-lr", float),
-                      ("--min-lr", float), ("--warmup-steps", int), ("--weight-decay", float), ("--grad-clip", float),
-                      ("--max-steps", int), ("--time-budget", float), ("--eval-interval", int),
-                      ("--eval-iters", int), ("--log-interval", int), ("--sample-tokens", int), ("--seed", int)]:
-        g.add_argument(flag, type=typ)
-    for name in ("optimizer", "device", "dtype"):
-        g.add_argument(f"--{name}", choices=CHOICES[name])
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction)
-    g = p.add_argument_group("Hugging Face Hub")
+                       argument_default=None)
+    defaults = {**to_dict(ModelConfig()), **to_dict(TrainConfig())}
+    for group, settings in SETTING_FLAGS.items():
+        g = p.add_argument_group(group)
+        if group == "data":
+            g.add_argument("--corpus", nargs="+", help="text file(s), an http(s) URL, or tiny_shakespeare")
+        for name, kw, text in settings:
+            shown = "" if name == "compile" or defaults.get(name) is None else f" (default {defaults[name]:g})" \
+                if isinstance(defaults[name], float) else f" (default {defaults[name]})"
+            g.add_argument(flag(name), help=text + shown, **kw)
+        if group == "run":
+            g.add_argument("--config", help="JSON or YAML file of settings; flags override it")
+            g.add_argument("--preset", choices=sorted(PRESETS), help="a named set of settings; flags override it")
+            g.add_argument("--resume", action="store_true", help="continue the run in --out from its last/ save")
+            g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", help="the run's directory (default checkpoints/<corpus name>)")
+    g.add_argument("--overwrite", action="store_true", help="replace the checkpoints already in --out")
     g.add_argument("--push-to-hub", metavar="USER/NAME", help="upload OUT/best with a model card when training ends")
     g.add_argument("--hub-private", action="store_true", help="create that repo private")
     return p

@@ -2,6 +2,7 @@
 
     python -m llm.generate --checkpoint out/run --prompt "ROMEO:" --max-new-tokens 200 --temperature 0.8
     python -m llm.generate --checkpoint out/run --interactive
+    python -m llm.generate --prompt "ROMEO:"          # the model app.py would open
 
 Bad input (a missing checkpoint, a setting out of range) prints one line on stderr and exits non-zero.
 """
@@ -13,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from llm import load_checkpoint
+from llm.hub import find_checkpoint
 from llm.cli import ArgumentParser, flag
 from llm.sample import KNOBS, SampleConfig, generate, parse_stop
 
@@ -20,7 +22,9 @@ from llm.sample import KNOBS, SampleConfig, generate, parse_stop
 def build_parser() -> ArgumentParser:
     d = SampleConfig()
     p = ArgumentParser(prog="python -m llm.generate", description="Sample text from a trained checkpoint.")
-    p.add_argument("--checkpoint", required=True, help="OUT/best, OUT/last, OUT (= OUT/best), or a Hub repo id")
+    p.add_argument("--checkpoint", help="OUT/best, OUT/last, OUT (= OUT/best), or a Hub repo id; default: what "
+                   "app.py opens ($SCRATCHGPT_CHECKPOINT, else the newest checkpoints/*/best here, else the bundled "
+                   "model)")
     p.add_argument("--prompt", default=None, help="text to continue (required unless --interactive)")
     p.add_argument("--interactive", action="store_true",
                    help="read prompts in a loop; Ctrl-C stops an answer, an empty line or Ctrl-D quits")
@@ -80,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     try:
-        model, tokenizer, _ = load_checkpoint(args.checkpoint)
+        model, tokenizer, _ = load_checkpoint(find_checkpoint(args.checkpoint))
         if args.prompt is not None:
             run_prompt(model, tokenizer, args.prompt, config)
         while args.interactive:

@@ -37,6 +37,7 @@ from llm.config import FieldNames
 from llm.sample import SAMPLE_TEXT_SETTINGS, sample_text
 
 ENV_CHECKPOINT = "SCRATCHGPT_CHECKPOINT"  # the model a Space (or any app.py run) loads when no --checkpoint is given
+BUNDLED = Path(__file__).resolve().parent.parent / "assets" / "model"  # the model this repository ships
 CARD = "README.md"
 SPACE_CHECKPOINT_DIR = "checkpoint"  # where deploy-space puts a bundled checkpoint inside the Space
 # the app and what it imports; tests, benchmarks, checkpoints and caches stay out of the Space
@@ -174,9 +175,11 @@ def download(repo_id: str, revision: str | None = None, cache_dir: str | os.Path
 
 
 def is_hub_spec(spec: str | os.PathLike) -> bool:
-    """True when `spec` names a Hub repo: not an existing local path, and USER/NAME[@REV] in form. A local path
-    wins: 'checkpoints/run' reads as a repo id too."""
-    return isinstance(spec, str) and not Path(spec).exists() and is_repo_id(spec)
+    """True when `spec` names a Hub repo: USER/NAME[@REV] in form, and no local path: neither an existing one nor
+    one whose first part is a directory here ('checkpoints/run' reads as a repo id too; with a checkpoints/ here
+    it is a path, and a missing one is reported as such)."""
+    return (isinstance(spec, str) and not Path(spec).exists() and not Path(spec.split("/")[0]).is_dir()
+            and is_repo_id(spec))
 
 
 def resolve_checkpoint(spec: str | os.PathLike) -> Path:
@@ -190,9 +193,23 @@ def resolve_checkpoint(spec: str | os.PathLike) -> Path:
     return Path(spec)
 
 
-def default_checkpoint(cli_value: str | None = None) -> str | None:
-    """What app.py loads: --checkpoint, else $SCRATCHGPT_CHECKPOINT (a Space variable), else None."""
-    return cli_value or os.environ.get(ENV_CHECKPOINT) or None
+def find_checkpoint(cli_value: str | None = None, cwd: str | os.PathLike = ".", bundled: Path = BUNDLED) -> str:
+    """The model to open (app.py, python -m llm.generate): --checkpoint, else $SCRATCHGPT_CHECKPOINT (a Space
+    variable), else the newest checkpoints/*/best (by mtime) under cwd, else the bundled model. CheckpointError
+    (one line) when there is none."""
+    if cli_value is not None and not cli_value.strip():
+        raise CheckpointError("--checkpoint is empty: give a checkpoint directory or a Hub repo id USER/NAME")
+    spec = cli_value or os.environ.get(ENV_CHECKPOINT)
+    if spec:
+        return spec
+    runs = [p for p in Path(cwd).glob("checkpoints/*/best") if p.is_dir()]
+    if runs:
+        return str(max(runs, key=lambda p: p.stat().st_mtime))
+    if (bundled / CONFIG).is_file():
+        return str(bundled)
+    raise CheckpointError("no model to open: pass --checkpoint DIR, set SCRATCHGPT_CHECKPOINT, or train one with "
+                          "`python train_cli.py --corpus FILE` (it writes checkpoints/<name>/best); the bundled "
+                          "model assets/model is missing too")
 
 
 # -----------------------------------------------------------------------------

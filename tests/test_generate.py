@@ -102,3 +102,19 @@ def test_broken_checkpoint_one_line(tmp_path, capsys):
     (tmp_path / "config.json").write_text("{not json")
     code, out, err = run(capsys, "--checkpoint", str(tmp_path), "--prompt", "hi")
     assert code == 1 and out == "" and err.startswith("error:") and err.count("\n") == 1
+
+
+def test_without_checkpoint_it_opens_what_the_app_opens(tmp_path, monkeypatch, capsys):
+    """No --checkpoint and nothing trained here: the bundled model, as app.py would open it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SCRATCHGPT_CHECKPOINT", raising=False)
+    assert main(["--prompt", "ROMEO:", "--max-new-tokens", "5", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.startswith("ROMEO:")
+
+
+def test_a_missing_path_is_said_as_one(tmp_path, monkeypatch, capsys):
+    (tmp_path / "checkpoints").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main(["--checkpoint", "checkpoints/nope", "--prompt", "x"]) == 1
+    err = capsys.readouterr().err
+    assert "checkpoints/nope" in err and "Hub" not in err and len(err.strip().splitlines()) == 1

@@ -17,6 +17,7 @@ from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, Repo
 import train_cli
 from conftest import ROOT, make_text
 from llm import hub, load_checkpoint
+from llm.checkpoint import CheckpointError
 from llm.card import dataset_ids, loss_curve_svg, render_card
 
 # The Space front matter under test: the top of the repository README.
@@ -457,11 +458,21 @@ def test_deploy_space_needs_space_front_matter(app_root, monkeypatch, readme, ex
     assert "\n" not in str(e.value)
 
 
-def test_default_checkpoint(monkeypatch):
+def test_default_checkpoint(monkeypatch, tmp_path):
     monkeypatch.delenv(hub.ENV_CHECKPOINT, raising=False)
-    assert hub.default_checkpoint(None) is None
+    assert hub.find_checkpoint(None, tmp_path) == str(hub.BUNDLED)  # nothing trained here: the bundled model
     monkeypatch.setenv(hub.ENV_CHECKPOINT, "alice/tiny")
-    assert hub.default_checkpoint(None) == "alice/tiny" and hub.default_checkpoint("out") == "out"
+    assert hub.find_checkpoint(None, tmp_path) == "alice/tiny" and hub.find_checkpoint("out", tmp_path) == "out"
+
+
+def test_a_missing_local_path_is_no_hub_id(tmp_path, monkeypatch):
+    """'checkpoints/nope' where a checkpoints/ directory exists is a missing path, not a repo to download."""
+    (tmp_path / "checkpoints").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert not hub.is_hub_spec("checkpoints/nope") and hub.is_hub_spec("alice/tiny")
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint("checkpoints/nope")
+    assert "Hub" not in str(e.value) and "checkpoints/nope" in str(e.value)
 
 
 # -----------------------------------------------------------------------------

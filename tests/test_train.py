@@ -214,3 +214,15 @@ def test_config_file_and_presets(corpus, tmp_path, capsys):
         rc = train_cli.main(["--corpus", str(corpus), "--config", str(tmp_path / name)])
         err = capsys.readouterr().err
         assert rc == 1 and len(err.strip().splitlines()) == 1 and "not valid" in err
+
+
+def test_help_gives_every_flag_a_line_and_its_default():
+    actions = [a for a in train_cli.build_parser()._actions if a.option_strings != ["-h", "--help"]]
+    assert all(a.help for a in actions), [a.option_strings for a in actions if not a.help]
+    settings = {train_cli.flag(name) for group in train_cli.SETTING_FLAGS.values() for name, _, _ in group}
+    for a in actions:
+        if a.option_strings[0] in settings:
+            assert "default" in a.help, a.option_strings
+    groups = [g.title for g in train_cli.build_parser()._action_groups]
+    assert groups[-5:] == ["data", "model", "optimisation", "run", "output"]
+    assert "seconds" in next(a.help for a in actions if "--time-budget" in a.option_strings)
