@@ -101,6 +101,8 @@ class Studio:
                     m, c = studio.configs("tiny", "bpe", 1024, 60.0, {})
                     self._flops = self._flops or _step_flops(m, c) / worker.time_step(m, c, self.device)
                     self._timed[key] = _step_flops(model_cfg, cfg) / self._flops
+                if len(self._timed) > 64:  # shapes a page asked about: the oldest go
+                    self._timed.pop(next(iter(self._timed)))
             return self._timed[key]
 
     def check_steps(self, model_cfg, cfg: TrainConfig) -> None:
@@ -155,8 +157,8 @@ class Studio:
             try:
                 size = path.stat().st_size
                 if size > self.settings.max_corpus_bytes:  # not read into memory first
-                    raise fail(f"the uploaded file is {studio.size_words(size)}; the limit here is "
-                               f"{studio.size_words(self.settings.max_corpus_bytes)}")
+                    raise fail(f"the uploaded file is {card.fmt_bytes(size)}; the limit here is "
+                               f"{card.fmt_bytes(self.settings.max_corpus_bytes)}")
                 data = path.read_bytes()
             except OSError as e:
                 raise fail(f"could not read the uploaded file ({_reason(e)}): upload it again") from None
@@ -293,9 +295,9 @@ def train_tab(st: Studio, timer: gr.Timer) -> tuple[gr.Dropdown, gr.Button, gr.M
         with gr.Row():
             with gr.Column(scale=2):
                 source = gr.Radio(SOURCES, value=SOURCES[0], label="Text to learn from")
-                upload = gr.File(label=f"A .txt file (UTF-8, up to {studio.size_words(cap)})", file_types=[".txt"],
+                upload = gr.File(label=f"A .txt file (UTF-8, up to {card.fmt_bytes(cap)})", file_types=[".txt"],
                                  type="filepath", elem_id="corpus-upload")
-                pasted = gr.Textbox(label=f"Text (up to {studio.size_words(cap)})", lines=6, visible=False,
+                pasted = gr.Textbox(label=f"Text (up to {card.fmt_bytes(cap)})", lines=6, visible=False,
                                     max_length=cap, elem_id="corpus-paste")
                 size = gr.Radio(sizes, value="tiny", label=studio.FIELDS["size"][0],
                                 info=" · ".join(f"{s}: {studio.SIZES[s][1]}" for s in sizes))

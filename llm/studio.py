@@ -15,6 +15,7 @@ import html
 import math
 import re
 
+from llm.card import fmt_bytes, fmt_duration
 from llm.config import FIELD, FieldNames, SettingError, from_dict
 from llm.data import DataError, decode_text
 from llm.model import ModelConfig
@@ -134,7 +135,7 @@ def check_text(data: bytes, what: str, max_bytes: int, block_size: int, val_frac
     most tokens a text can make, one per byte, so a text that passes can still come out short after BPE's merges,
     and the run then says so."""
     if len(data) > max_bytes:
-        raise DataError(f"{what} is {size_words(len(data))}; the limit here is {size_words(max_bytes)}")
+        raise DataError(f"{what} is {fmt_bytes(len(data))}; the limit here is {fmt_bytes(max_bytes)}")
     text = decode_text(data, what, errors)
     tokens, unit = (len(text), "characters") if tokenizer == "char" else (len(data), "bytes")
     need = math.ceil((block_size + 1) / min(val_frac, 1 - val_frac))
@@ -145,10 +146,6 @@ def check_text(data: bytes, what: str, max_bytes: int, block_size: int, val_frac
     return text
 
 
-def size_words(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} KB" if n >= 1e3 else f"{n} bytes"
-
-
 # -----------------------------------------------------------------------------
 # what the page says about a run
 
@@ -157,7 +154,7 @@ def plan_markdown(plan: Plan, cfg: TrainConfig, device: str) -> str:
     if plan.seconds_per_step:
         parts.append(f"about {plan.seconds_per_step * 1000:,.0f} ms per step on {device}")
     if cfg.max_steps:
-        parts.append(f"{cfg.max_steps:,} steps" + (f" (about {_duration(cfg.max_steps * plan.seconds_per_step)})"
+        parts.append(f"{cfg.max_steps:,} steps" + (f" (about {fmt_duration(cfg.max_steps * plan.seconds_per_step)})"
                                                     if plan.seconds_per_step else ""))
     elif plan.steps:
         parts.append(f"about {plan.steps:,} steps in {cfg.time_budget:g} s")
@@ -182,9 +179,9 @@ def progress_html(s: RunStatus) -> str:
         facts.append(f"{s.tokens_per_sec:,.0f} tokens/s")
     left = s.seconds_left()
     if s.live and left is not None:
-        facts.append(f"{_duration(left)} left")
+        facts.append(f"{fmt_duration(left)} left")
     elif s.train_time:
-        facts.append(f"{_duration(s.train_time)} of training")
+        facts.append(f"{fmt_duration(s.train_time)} of training")
     label = html.escape(" · ".join(facts))
     # inline styles with the theme's variables: right in light and dark mode, no stylesheet to launch with
     return (f'<div class="run-progress" role="progressbar" aria-valuenow="{pct:.0f}" aria-valuemin="0" '
@@ -192,11 +189,6 @@ def progress_html(s: RunStatus) -> str:
             f'background:var(--border-color-primary)"><div style="height:100%;width:{pct:.1f}%;'
             f'background:var(--color-accent)"></div></div><div class="run-progress-text" '
             f'style="margin-top:4px">{label}</div>')
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(int(round(seconds)), 0)
-    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
 def status_markdown(s: RunStatus) -> str:

@@ -211,7 +211,7 @@ def run_status(out: Path, metrics: bool = True) -> RunStatus:
     _metrics_into(s)
     if not metrics and s.has_last:  # where the run was at its last save, for its progress
         last = _read_json(out / "last" / "meta.json")
-        s.step, s.train_time = int(num(last, "step")), float(num(last, "train_time"))
+        s.step, s.train_time = int(_num(last, "step")), float(_num(last, "train_time"))
     if s.state == "finished" and not status.get("state") and s.progress() < 1:
         s.state = "stopped"  # a train_cli.py run that ended before its limit: Ctrl-C, or killed
     if s.has_best:
@@ -268,13 +268,13 @@ def _settings_into(s: RunStatus, out: Path, job: dict) -> None:
                 continue
     if not isinstance(cfg, dict) or not isinstance(model, dict):
         return
-    s.max_steps, s.time_budget = int(num(cfg, "max_steps")), float(num(cfg, "time_budget"))
+    s.max_steps, s.time_budget = int(_num(cfg, "max_steps")), float(_num(cfg, "time_budget"))
     if not s.max_steps and not s.time_budget:
         s.time_budget = 300.0  # the trainer's default (Run.time_budget)
-    s.tokens_per_step = int(num(cfg, "batch_size") * max(num(cfg, "grad_accum"), 1) * num(model, "block_size"))
+    s.tokens_per_step = int(_num(cfg, "batch_size") * max(_num(cfg, "grad_accum"), 1) * _num(model, "block_size"))
 
 
-def num(d: dict, key: str) -> int | float:
+def _num(d: dict, key: str) -> int | float:
     """A number from a JSON dict anyone may have edited; 0 for anything else."""
     v = d.get(key)
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else 0

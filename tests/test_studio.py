@@ -80,7 +80,7 @@ def losses(out: Path) -> dict[int, float]:
     (b"abc\x00def" * 100, "binary file"),
     (b"hello \xff world" * 60, "not valid UTF-8: byte 0xff at offset 6"),
     (b"a short text", "too short for a context of 32 tokens"),
-    (b"x" * 2000, "the limit here is 1.0 KB"),
+    (b"x" * 2000, "the limit here is 1.0 kB"),
 ], ids=["empty", "whitespace", "binary", "not-utf8", "short", "large"])
 def test_a_page_corpus_is_checked_in_words(data, expected):
     with pytest.raises(DataError) as e:
@@ -237,7 +237,7 @@ def st(tmp_path) -> Studio:
 
 @pytest.mark.parametrize("data, expected", [
     (b"", "empty"), (b"\x00\x01\x02" * 400, "binary"), (b"\xc3\x28" * 600, "not valid UTF-8: byte 0xc3 at offset 0"),
-    (b"x" * 200_000, "the limit here is 100.0 KB"), (b"tiny", "too short"),
+    (b"x" * 200_000, "the limit here is 100.0 kB"), (b"tiny", "too short"),
 ], ids=["empty", "binary", "not-utf8", "large", "short"])
 def test_bad_uploads_are_refused_in_words(st, tmp_path, data, expected):
     f = tmp_path / "upload.txt"
