@@ -286,6 +286,18 @@ class Playground:
         rows, total = viz.search_vocab(self.tokenizer, query, self.limits.vocab_rows)
         return rows, viz.vocab_count_line(len(rows), total, query)
 
+    def layer_predictions(self, text: str) -> list[list[str]]:
+        """The Model tab's "what each layer predicts": for the token after the text (its last tokens, as the
+        attention view takes them), each layer's three likeliest guesses, as rows of the table."""
+        text = check_text("the text", text, self.limits.prompt_chars)
+        ids = self.tokenizer.encode(text)[-min(self.limits.attention_tokens, self.config.block_size):]
+        if not ids:
+            raise fail("type a short text to see what each layer predicts after it")
+        rows = attention.layer_predictions(self.model, ids, k=3)
+        return [[f"{i + 1}" + (" (the model's prediction)" if i == len(rows) - 1 else "")]
+                + [f"{viz.token_display(self.tokenizer, t)}  {p:.1%}" for t, p in guesses]
+                for i, guesses in enumerate(rows)]
+
     def attention(self, text: str, layer, head: str) -> str:
         """Heatmap of one layer's attention (one head, or the mean over heads) for a short text."""
         text = check_text("the text", text, self.limits.prompt_chars)

@@ -1,8 +1,10 @@
-"""The Model tab's attention view: a short text's attention weights per layer, and their heatmap (no gradio).
+"""The Model tab's views inside the model (no gradio): attention weights and their heatmap, and what each layer
+would predict.
 
     attention_maps(model, ids)          a list over layers of (H, T, T) weights
     attention_html(labels, weights)     one head's (or the mean's) weights as a table of coloured cells
     attention_caption(...)              the line under it
+    layer_predictions(model, ids, k)    after each block, the k likeliest next tokens (the "logit lens")
 """
 
 from __future__ import annotations
@@ -65,3 +67,26 @@ def attention_caption(layer: int, head: str, shown: int, total: int) -> str:
     note = f" (the first {shown} of its {total} tokens)" if total > shown else ""
     return (f"layer {layer}, {which}{note}: row = query token, column = key token it attends to; "
             "white = none, blue = all of the row's attention; hatched = later tokens it cannot see")
+
+
+@torch.inference_mode()
+def layer_predictions(model, ids: Sequence[int], k: int = 3) -> list[list[tuple[int, float]]]:
+    """For the token after `ids`: after each block, the k likeliest tokens and their probabilities, from the
+    final norm and the output head applied to the residual stream there (the "logit lens"). The last row is the
+    model's own prediction; the rows before it show the guess forming layer by layer."""
+    if not 0 < len(ids) <= model.config.block_size:
+        raise ValueError(f"need 1 to {model.config.block_size} tokens, got {len(ids)}")
+    streams: list[torch.Tensor] = []
+    hooks = [block.register_forward_hook(lambda module, args, out: streams.append(out)) for block in model.h]
+    try:
+        model(torch.tensor([list(ids)], dtype=torch.long, device=next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+    rows = []
+    for x in streams:
+        last = x.reshape(-1, x.shape[-1])[-1]  # the last position's residual stream, (C,)
+        probs = torch.softmax(model.lm_head(model.ln_f(last)).float(), dim=-1)
+        top = probs.topk(min(k, probs.numel()))
+        rows.append(list(zip(top.indices.tolist(), top.values.tolist())))
+    return rows

@@ -265,6 +265,14 @@ def test_tokenize(pg):
         pg.tokenize("x" * 10_001)
 
 
+def test_layer_predictions_handler(pg):
+    rows = pg.layer_predictions("the king shall")
+    assert len(rows) == pg.config.n_layer and rows[-1][0].endswith("(the model's prediction)")
+    assert all(len(r) == 4 and r[1].endswith("%") for r in rows)
+    with pytest.raises(gr.Error, match="type a short text"):
+        pg.layer_predictions("")
+
+
 def test_merge_tree_handlers(pg):
     text = "the king"
     t = pg.tokenizer.encode(text)[0]

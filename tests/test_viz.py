@@ -260,3 +260,15 @@ def test_a_token_with_line_breaks_is_one_segment_then_its_breaks(tok):
     owners = viz.segment_tokens(tok, ids)
     assert [o for o in owners if o is not None] == list(range(len(ids)))
     assert len(owners) == len(viz.highlight(viz.token_spans(tok, ids, color_by="id"))[0])
+
+
+def test_layer_predictions_end_with_the_models_own(model, tok):
+    ids = tok.encode("the king shall")
+    rows = attention.layer_predictions(model, ids, k=3)
+    assert len(rows) == model.config.n_layer and all(len(r) == 3 for r in rows)
+    logits, _ = model(torch.tensor([ids]))
+    probs = torch.softmax(logits[0, -1].float(), -1).topk(3)
+    assert [t for t, _ in rows[-1]] == probs.indices.tolist()
+    assert [p for _, p in rows[-1]] == pytest.approx(probs.values.tolist(), abs=1e-5)
+    with pytest.raises(ValueError, match="need 1 to"):
+        attention.layer_predictions(model, [])
