@@ -270,23 +270,13 @@ def model_tab(models: Models, key: gr.State, timer: gr.Timer, header: gr.Markdow
             head = gr.Dropdown(["mean"] + [str(h) for h in range(cfg.n_head)], value="mean", label="Head", scale=1)
         attn_btn = gr.Button("Show attention")
         heatmap = gr.HTML()
-        gr.Markdown("### What each layer predicts\nThe output head applied after each layer: the model's guess for "
-                    "the next token, forming layer by layer (the last row is its prediction).")
-        with gr.Row():
-            lens_text = gr.Textbox(ATTENTION_TEXT, label="Text (what comes after it?)", scale=3,
-                                   max_length=lim.prompt_chars)
-            lens_btn = gr.Button("Show the guesses", scale=1)
-        lens = gr.Dataframe(headers=["after layer", "1st guess", "2nd", "3rd"], interactive=False,
-                            elem_id="layer-guesses")
+        lens = layer_guesses(models, key, tab, lim)
         shown = gr.State(None)  # the curves this page shows (in the tab: a State among the Tabs is taken for one)
     attn = gpu(on(models, "attention")), [key, attn_text, layer, head], [heatmap]
     attn_btn.click(*attn, api_name="attention")
     for name, trigger in (("attention_layer", layer.change), ("attention_head", head.change),
                           ("attention_tab", tab.select)):
         trigger(*attn, api_name=name, **PRIVATE)
-    lens_btn.click(gpu(on(models, "layer_predictions")), [key, lens_text], [lens], api_name="layer_predictions")
-    tab.select(gpu(on(models, "layer_predictions")), [key, lens_text], [lens], api_name="layer_predictions_tab",
-               **PRIVATE)
 
     def live(k, shown):  # a run's model whose metrics changed (it trains): its curves, summary and header again
         version = models.metrics_version(k)
@@ -310,6 +300,20 @@ def model_tab(models: Models, key: gr.State, timer: gr.Timer, header: gr.Markdow
     def switched(dep):
         dep.success(other_model, [key], [config, summary, curves, layer, head, attn_text, heatmap, lens], **PRIVATE)
     return switched
+
+
+def layer_guesses(models: Models, key: gr.State, tab: gr.Tab, lim: Limits) -> gr.Dataframe:
+    """The Model tab's "what each layer predicts" (laid out where it is called); returns its table."""
+    gr.Markdown("### What each layer predicts\nThe output head applied after each layer: the model's guess for "
+                "the next token, forming layer by layer (the last row is its prediction).")
+    with gr.Row():
+        text = gr.Textbox(ATTENTION_TEXT, label="Text (what comes after it?)", scale=3, max_length=lim.prompt_chars)
+        show = gr.Button("Show the guesses", scale=1)
+    lens = gr.Dataframe(headers=["after layer", "1st guess", "2nd", "3rd"], interactive=False, elem_id="layer-guesses")
+    guesses = gpu(on(models, "layer_predictions")), [key, text], [lens]
+    show.click(*guesses, api_name="layer_predictions")
+    tab.select(*guesses, api_name="layer_predictions_tab", **PRIVATE)
+    return lens
 
 
 def config_rows(pg: Playground) -> list[list[str]]:
