@@ -42,7 +42,7 @@ EXAMPLES = ["ROMEO:\n", "JULIET:\nO Romeo, Romeo,", "First Citizen:\nBefore we p
             "KING RICHARD III:\nNow is the winter of"]
 EXPLORER_TEXT = "First Citizen:\nWe are accounted poor citizens, the patricians good.\nWhat authority surfeits on 🍞?"
 ATTENTION_TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?"
-PRIVATE = dict(api_visibility="private")  # events the page needs that are no API of the app
+PRIVATE = {"api_visibility": "private"}  # events the page needs that are no API of the app
 PICK_A_TOKEN = "Click a token to see the model's alternatives there."
 # in the page: outline the chosen token (the view has no selection of its own), keep the details beside the
 # tokens in view as the page scrolls (sticky), and scroll to them where they sit under the tokens (a phone)
@@ -56,7 +56,7 @@ MARK_CHOSEN = """(i) => {
     const r = d.getBoundingClientRect();
     if (r.top < 0 || r.top > innerHeight - 80) d.scrollIntoView({block: 'start', behavior: 'smooth'});
 }"""
-POLL = dict(show_progress="hidden", concurrency_limit=None, **PRIVATE)  # a timer's refresh: never queued behind work
+POLL = {"show_progress": "hidden", "concurrency_limit": None, **PRIVATE}  # a timer's refresh: never queued behind work
 
 
 # -----------------------------------------------------------------------------

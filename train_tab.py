@@ -271,7 +271,7 @@ def _buttons(s: worker.RunStatus | None) -> tuple:
 # -----------------------------------------------------------------------------
 # layout and wiring
 
-PRIVATE = dict(api_visibility="private")
+PRIVATE = {"api_visibility": "private"}
 
 
 def setting(name: str, value, **kw):

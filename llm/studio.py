@@ -46,8 +46,8 @@ FIELDS = {
     "block_size": ("Context length", "how many tokens the model sees at once"),
     "batch_size": ("Batch size", "sequences per training step"),
     "lr": ("Learning rate", "AdamW's step size (embeddings and head); Muon's for the blocks scales with it"),
-    "max_steps": ("Step limit", "0 = none: the time budget ends the run; a step count replaces the budget (and a "
-                                "stopped run resumed ends exactly as if never stopped)"),
+    "max_steps": ("Step limit", ("0 = none: the time budget ends the run; a step count replaces the budget (and "
+                                 "a stopped run resumed ends exactly as if never stopped)")),
     "eval_interval": ("Evaluate every", "steps between evaluations: each one saves, plots and writes a sample"),
     "dropout": ("Dropout", "randomly drops activations while training: helps a small text that is seen many times"),
     "seed": ("Seed", "the same seed and settings give the same run"),

@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TrainingError, OSError, KeyError) as e:
         text = e.args[0] if isinstance(e, FieldNames) and e.args else str(e)
         return _ended(out, "failed", str(text), code=1)
-    except Exception as e:  # a bug, or out of memory: its traceback goes to the log, its one line to the page
+    except Exception as e:  # noqa: BLE001 - a bug, or out of memory: the traceback to the log, a line to the page
         traceback.print_exc()
         return _ended(out, "failed", f"the training process failed: {type(e).__name__}: {e}", code=1)
     for sig in (signal.SIGINT, signal.SIGTERM):  # done: a late stop changes nothing now

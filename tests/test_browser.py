@@ -164,7 +164,7 @@ def test_a_token_id_out_of_range_is_said_in_place(served, page, capfd):
 def test_live_tokenization_follows_every_edit(served, page, tmp_path_factory):
     """Typing, Backspace, Delete, select-all and delete, IME input (insert_text) and a paste each re-tokenize the
     text; an emptied box shows no tokens; the vocabulary search returns to the full list when its query goes."""
-    url, model = served
+    url, _model = served
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     page.goto(url)
     page.get_by_role("tab", name="Tokenizer").click()

@@ -260,7 +260,7 @@ def test_start_twice_stop_and_names_only(st, tmp_path):
     line, stop_button = Studio(st.settings).stop(name)  # a restarted server finds the run and stops it
     assert "stopping" in line and stop_button["interactive"] is False
     wait_for(tmp_path / "runs" / name, lambda s: not s.live)
-    status, progress, plot, sample, stop, resume, open_btn = st.poll(name)
+    status, _progress, plot, sample, stop, resume, open_btn = st.poll(name)
     assert "stopped" in status and stop["interactive"] is False and resume["interactive"] and open_btn["interactive"]
     assert plot.count("<polyline") == 2 and "val (last" in plot and sample  # training and validation loss
     with pytest.raises(gr.Error, match="not training"):
