@@ -78,14 +78,14 @@ class Studio:
 
     # --- settings and plans
 
-    def configs(self, size, tokenizer, vocab_size, time_budget, *advanced, corpus=(), out="") -> tuple:
+    def configs(self, size, tokenizer, vocab_size, time_budget, *advanced) -> tuple:
         if size not in self.sizes:
             raise fail(f"the model size must be one of {', '.join(self.sizes)}")
         if not isinstance(time_budget, (int, float)) or not 0 < time_budget <= self.settings.max_time_budget:
             raise fail(f"the time budget must be between 1 and {self.settings.max_time_budget:g} seconds")
         try:
             return studio.configs(size, tokenizer, vocab_size, float(time_budget),
-                                  dict(zip(studio.ADVANCED, advanced)), corpus, out)
+                                  dict(zip(studio.ADVANCED, advanced)))
         except (SettingError, ValueError) as e:
             raise fail(studio.say(e)) from None
 

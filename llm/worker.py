@@ -161,7 +161,6 @@ class RunStatus:
     message: str = ""
     from_page: bool = False  # started in the page (job.json), not by train_cli.py
     stopping: bool = False  # live, and asked to stop
-    source: str = ""
     step: int = 0
     max_steps: int = 0
     time_budget: float = 0.0  # seconds; the trainer's 5 minutes when neither limit is set
@@ -173,7 +172,6 @@ class RunStatus:
     sample: str = ""  # the latest evaluation's
     has_best: bool = False
     has_last: bool = False
-    params: int | None = None
     updated: float = 0.0
     rows: list[dict] = field(default_factory=list, repr=False)  # metrics.jsonl
 
@@ -202,7 +200,7 @@ def run_status(out: Path, metrics: bool = True) -> RunStatus:
     if not out.is_dir():
         return RunStatus(out.name, "gone", message="its directory was deleted")
     job, status = _read_json(out / JOB), _read_json(out / STATUS)
-    s = RunStatus(out.name, _state(out, status), from_page=bool(job), source=str(job.get("source", "")))
+    s = RunStatus(out.name, _state(out, status), from_page=bool(job))
     s.message = str(status.get("message", "stopped before the first training step" if s.state == "stopped" else ""))
     s.stopping = s.live and bool(status.get("stop_requested"))
     s.has_best, s.has_last = (out / "best" / CONFIG).is_file(), (out / "last" / CONFIG).is_file()
@@ -217,7 +215,7 @@ def run_status(out: Path, metrics: bool = True) -> RunStatus:
     if s.has_best:
         try:
             best = read_meta(out / "best")
-            s.best_bits_per_byte, s.params = best.get("bits_per_byte"), best.get("params")
+            s.best_bits_per_byte = best.get("bits_per_byte")
         except (CheckpointError, OSError, ValueError):
             pass
     if s.state == "killed":
