@@ -19,12 +19,13 @@ except ImportError:
 
 import inspect
 import sys
+import typing
 from collections.abc import Callable
 
 import gradio as gr
 import torch
 
-from llm import studio, viz, worker
+from llm import attention, studio, tokenview, viz, worker
 from llm.checkpoint import CheckpointError
 from llm.cli import ArgumentParser
 from llm.hub import ENV_CHECKPOINT
@@ -44,17 +45,16 @@ EXPLORER_TEXT = "First Citizen:\nWe are accounted poor citizens, the patricians 
 ATTENTION_TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?"
 PRIVATE = {"api_visibility": "private"}  # events the page needs that are no API of the app
 PICK_A_TOKEN = "Click a token to see the model's alternatives there."
-# in the page: outline the chosen token (the view has no selection of its own), keep the details beside the
-# tokens in view as the page scrolls (sticky), and scroll to them where they sit under the tokens (a phone)
-MARK_CHOSEN = """(i) => {
-    document.querySelectorAll('#token-view .token').forEach((t, j) => {
-        t.style.outline = j === i ? '3px solid var(--body-text-color)' : '';
-        t.style.outlineOffset = j === i ? '1px' : '';
-    });
-    const d = document.querySelector('#token-details');
-    Object.assign(d.style, {position: 'sticky', top: '8px', alignSelf: 'flex-start'});
-    const r = d.getBoundingClientRect();
-    if (r.top < 0 || r.top > innerHeight - 80) d.scrollIntoView({block: 'start', behavior: 'smooth'});
+NO_TREE = "Click a token or a row of the vocabulary, or type an id, to see how that token was built from bytes."
+NO_TOKENS = "Generate some text, or open this tab to see the prompt's tokens."
+# on a phone: the settings start folded (they stand between the prompt and the output), and Generate brings the
+# output into view
+FOLD_ON_PHONE = """() => { if (innerWidth < 640) {
+    const open = document.querySelector('#sampling .label-wrap.open');
+    if (open) open.click();
+} }"""
+SHOW_OUTPUT = """() => { const o = document.getElementById('output');
+    if (o && o.getBoundingClientRect().top > innerHeight - 120) o.scrollIntoView({block: 'start', behavior: 'smooth'});
 }"""
 POLL = {"show_progress": "hidden", "concurrency_limit": None, **PRIVATE}  # a timer's refresh: never queued behind work
 
@@ -84,6 +84,9 @@ def on(models: Models, method: str) -> Callable:
     key = inspect.Parameter("key", inspect.Parameter.POSITIONAL_OR_KEYWORD)
     handler.__signature__ = sig.replace(parameters=[key, *list(sig.parameters.values())[1:]])
     handler.__name__ = method
+    # Gradio finds an event's data parameter (gr.SelectData) by its type hint, not by the signature
+    hints = typing.get_type_hints(getattr(Playground, method))
+    handler.__annotations__ = {n: h for n, h in hints.items() if inspect.isclass(h) and issubclass(h, gr.EventData)}
     return handler
 
 
@@ -118,25 +121,26 @@ def generate_tab(models: Models, key: gr.State, run: gr.State) -> tuple[gr.Textb
     pg, halts = models.first, Halts()
     lim, ranges = pg.limits, pg.sample_ranges()
     with gr.Tab("Generate", id="generate"):
-        with gr.Row():
-            with gr.Column(scale=3):
+        with gr.Row():  # on a phone the columns stack: the prompt, the buttons and the settings come first
+            with gr.Column(scale=2, min_width=300):
                 prompt = gr.Textbox(EXAMPLES[0], lines=4, label="Prompt", max_length=lim.prompt_chars)
                 gr.Examples([[e] for e in EXAMPLES], [prompt], label="Example prompts", cache_examples=False,
                             api_name="load_example", **PRIVATE)
                 with gr.Row():
-                    go = gr.Button("Generate", variant="primary")
-                    stop_btn = gr.Button("Stop", variant="stop", interactive=False)
-                    more = gr.Button("Continue", elem_id="continue")  # from the output
-                output = gr.Textbox(lines=14, max_lines=30, label="Output (prompt + generated text)",
+                    go = gr.Button("Generate", variant="primary", min_width=90)
+                    stop_btn = gr.Button("Stop", variant="stop", interactive=False, min_width=70)
+                    more = gr.Button("Continue", elem_id="continue", min_width=90)  # from the output
+                with gr.Accordion("Sampling settings", open=True, elem_id="sampling"):
+                    controls = [knob_slider(k, *ranges.get(k.name, (None, None)), DEFAULTS[k.name]) for k in KNOBS]
+                    controls.append(gr.Number(DEFAULTS["seed"], label="Seed", step=1, minimum=SEED.low,
+                                              info="the same seed and settings give the same text; -1 = a new "
+                                                   "one each time (the line under the output says which)"))
+                    controls.append(gr.Textbox(DEFAULTS["stop"], label="Stop strings", max_length=200,
+                                               info=r"comma-separated; \n is a newline, e.g. \n\n"))
+            with gr.Column(scale=3, min_width=300):
+                output = gr.Textbox(lines=20, max_lines=40, label="Output (prompt + generated text)",
                                     interactive=False, buttons=["copy"], elem_id="output")
                 stats = gr.Markdown("Generation stats appear here after a run.", elem_id="stats")
-            with gr.Column(scale=2):
-                controls = [knob_slider(k, *ranges.get(k.name, (None, None)), DEFAULTS[k.name]) for k in KNOBS]
-                controls.append(gr.Number(DEFAULTS["seed"], label="Seed", step=1, minimum=SEED.low,
-                                          info="the same seed and settings give the same text; -1 = a new one "
-                                               "each time (the line under the output says which)"))
-                controls.append(gr.Textbox(DEFAULTS["stop"], label="Stop strings", max_length=200,
-                                           info=r"comma-separated; \n is a newline, e.g. \n\n"))
         run_id = gr.State(None)  # the streaming run's, for Stop (a State must sit inside a tab, not among the Tabs)
     # the output becomes the prompt (its end, where the prompt is too short for all of it), ready for Generate
     more.click(lambda text: (text or "")[-lim.prompt_chars:], [output], [prompt], queue=False, **PRIVATE)
@@ -150,7 +154,7 @@ def generate_tab(models: Models, key: gr.State, run: gr.State) -> tuple[gr.Textb
         halts.end(rid)
         return None, gr.update(interactive=True), gr.update(interactive=False)
 
-    go.click(begin, None, [run_id, go, stop_btn], queue=False, **PRIVATE) \
+    go.click(begin, None, [run_id, go, stop_btn], queue=False, js=SHOW_OUTPUT, **PRIVATE) \
         .then(gpu(generate_handler(models, halts)), [key, run_id, prompt, *controls], [output, stats, run],
               api_name="generate") \
         .then(end, [run_id], [run_id, go, stop_btn], queue=False, **PRIVATE)
@@ -166,32 +170,30 @@ def generate_tab(models: Models, key: gr.State, run: gr.State) -> tuple[gr.Textb
 
 
 def tokens_tab(models: Models, key: gr.State, run: gr.State, prompt: gr.Textbox) -> Callable:
-    """The last run's tokens coloured by probability (or id); a click shows the model's alternatives."""
+    """The last run's text, each token's background its probability (or its id); a click shows the model's
+    alternatives there."""
     with gr.Tab("Tokens", id="tokens") as tab:
-        color_by = gr.Radio(["probability", "id"], value="probability", label="Colour tokens by")
-        summary = gr.Markdown("Generate some text, or open this tab to see the prompt's tokens.")
+        with gr.Row():
+            color_by = gr.Radio(["probability", "id"], value="probability", label="Colour tokens by", scale=0,
+                                min_width=220)
+            summary = gr.Markdown(NO_TOKENS, min_width=300, elem_id="tokens-summary")
         with gr.Row():  # the details beside the tokens on a wide screen, under them on a phone
-            view = gr.HighlightedText(label="Prompt and generated tokens", show_legend=False,
-                                      combine_adjacent=False, elem_id="token-view", scale=3)
-            with gr.Column(scale=2, elem_id="token-details"):
+            with gr.Column(scale=3, min_width=300):  # (a gr.HTML's own scale is not applied)
+                view = gr.HTML(tokenview.empty_html(NO_TOKENS), css_template=tokenview.STYLE,
+                               js_on_load=tokenview.view_js("token-details"), elem_id="token-view",
+                               label="Prompt and generated tokens", show_label=True, container=True, padding=True)
+            with gr.Column(scale=2, elem_id="token-details", min_width=300):
                 info = gr.Markdown(PICK_A_TOKEN)
-                alternatives = gr.Dataframe(headers=viz.ALT_HEADERS, label="Top alternatives at this step",
-                                            interactive=False, datatype=["str", "str", "number", "number"])
-        chosen = gr.Number(None, visible=False)  # the clicked token's index, for the page to mark it
+                alternatives = gr.HTML("", css_template=tokenview.STYLE, elem_id="alternatives")
     for name, trigger in (("show_tokens", tab.select), ("recolor_tokens", color_by.change)):
         trigger(gpu(on(models, "show_tokens")), [key, run, prompt, color_by], [view, summary, run], api_name=name,
                 **PRIVATE)
-
-    def token_details(k, r, evt: gr.SelectData):
-        pg = session_model(models, k)
-        return *pg.token_details(r, evt), pg.chosen_token(r, evt)
-
-    view.select(token_details, [key, run], [info, alternatives, chosen], api_name="token_details", **PRIVATE) \
-        .success(None, [chosen], None, js=MARK_CHOSEN, **PRIVATE)
+    view.select(on(models, "token_details"), [key, run], [info, alternatives], api_name="token_details",
+                **PRIVATE)
 
     def switched(dep):  # another model's tokenizer: the old run's ids mean nothing to it
-        dep.success(lambda: (None, None, "Generate some text, or open this tab to see the prompt's tokens.",
-                             PICK_A_TOKEN, None), None, [run, view, summary, info, alternatives], **PRIVATE)
+        dep.success(lambda: (None, "", NO_TOKENS, PICK_A_TOKEN, ""), None, [run, view, summary, info, alternatives],
+                    **PRIVATE)
     return switched
 
 
@@ -202,44 +204,41 @@ def tokenizer_tab(models: Models, key: gr.State) -> Callable:
     ids0, tokens0, chunks0, counts0 = pg.explore(EXPLORER_TEXT)
     vocab0, vocab_count0 = pg.search_vocab("")
     with gr.Tab("Tokenizer", id="tokenizer"):
-        text = gr.Textbox(EXPLORER_TEXT, lines=5, label="Text", max_length=lim.text_chars)
-        tokenize_btn = gr.Button("Tokenize", variant="primary")
-        counts = gr.Markdown(counts0)
+        text = gr.Textbox(EXPLORER_TEXT, lines=4, label="Text (tokenized as you type)", max_length=lim.text_chars)
+        counts = gr.Markdown(counts0, elem_id="counts")
+        tokens = gr.HTML(tokens0, css_template=tokenview.STYLE, js_on_load=tokenview.view_js("merge-tree"),
+                         label="Tokens with their ids (click one for its merge tree)", show_label=True,
+                         container=True, padding=True, elem_id="tokenizer-tokens")
+        ids_box = gr.Textbox(ids0, label="Token ids", interactive=False, buttons=["copy"], elem_id="token-ids")
         chunks = gr.HighlightedText(chunks0[0], color_map=chunks0[1], show_inline_category=False,
                                     label="Pre-split chunks (merges never cross them)", elem_id="chunks")
-        tokens = gr.HighlightedText(tokens0[0], color_map=tokens0[1], label="Tokens with their ids "
-                                    "(click one for its merge tree)", elem_id="tokenizer-tokens")
-        ids_box = gr.Textbox(ids0, label="Token ids", interactive=False, buttons=["copy"], elem_id="token-ids")
         with gr.Row():
-            # no minimum or maximum: Gradio would refuse an id out of range with an error badge and a traceback
-            token_id = gr.Number(None, label="Token id", step=1, info=f"0 to {tok.vocab_size - 1:,}", scale=1)
-            tree = gr.Code(None, label="Merge tree: how the token was built from bytes", language=None,
-                           show_line_numbers=False, interactive=False, scale=3)
-        with gr.Accordion("Vocabulary", open=True):
-            query = gr.Textbox("", label="Search the vocabulary", max_length=lim.query_chars,
-                               placeholder="text (' the' or '·the') or an id")
-            vocab_count = gr.Markdown(vocab_count0, elem_id="vocab-count")
-            vocab = gr.Dataframe(vocab0, headers=viz.VOCAB_HEADERS, interactive=False, max_height=320,
-                                 datatype=["number", "str", "number", "str"])
+            with gr.Column(scale=3, min_width=300):
+                query = gr.Textbox("", label="Search the vocabulary (click a row for its merge tree)",
+                                   max_length=lim.query_chars, placeholder="text (' the' or '·the') or an id")
+                vocab_count = gr.Markdown(vocab_count0, elem_id="vocab-count")
+                vocab = gr.Dataframe(vocab0, headers=viz.VOCAB_HEADERS, interactive=False, max_height=300,
+                                     datatype=["number", "str", "number", "str"], elem_id="vocab")
+            with gr.Column(scale=2, min_width=300, elem_id="merge-tree"):
+                # no minimum or maximum: Gradio would refuse an id out of range with an error badge and a traceback
+                token_id = gr.Number(None, label="Token id", step=1, info=f"0 to {tok.vocab_size - 1:,}")
+                tree = gr.Code(NO_TREE, label="Merge tree: how the token was built from bytes", language=None,
+                               show_line_numbers=False, interactive=False)
         with gr.Accordion("Special tokens", open=False):
             specials = gr.Dataframe(viz.special_rows(tok), headers=["id", "token"], interactive=False)
     explore = [key, text], [ids_box, tokens, chunks, counts]
-    tokenize_btn.click(on(models, "tokenize"), *explore, api_name="tokenize")
     # .change, not .input: .input sent the box's value from before the last key, so Backspace, Delete, a cut or
     # IME input left the tokens one edit behind (and an emptied box showed the old ones)
-    text.change(on(models, "tokenize"), *explore, api_name="tokenize_live", trigger_mode="always_last", **PRIVATE)
-
-    def select_token(k, t, evt: gr.SelectData):
-        return session_model(models, k).select_token(t, evt)
-
-    tokens.select(select_token, [key, text], [token_id, tree], api_name="select_token", **PRIVATE)
+    text.change(on(models, "tokenize"), *explore, api_name="tokenize", trigger_mode="always_last")
+    tokens.select(on(models, "select_token"), [key, text], [token_id, tree], api_name="select_token", **PRIVATE)
+    vocab.select(on(models, "vocab_tree"), [key], [token_id, tree], api_name="vocab_tree", **PRIVATE)
     token_id.submit(on(models, "merge_tree"), [key, token_id], [tree], api_name="merge_tree")
     query.change(on(models, "search_vocab"), [key, query], [vocab, vocab_count], api_name="search_vocab",
                  trigger_mode="always_last")
 
     def other_model(k, q):
         pg = session_model(models, k)
-        return (gr.update(info=f"0 to {pg.tokenizer.vocab_size - 1:,}", value=None), None, *pg.search_vocab(q),
+        return (gr.update(info=f"0 to {pg.tokenizer.vocab_size - 1:,}", value=None), NO_TREE, *pg.search_vocab(q),
                 viz.special_rows(pg.tokenizer))
 
     def switched(dep):
@@ -248,58 +247,80 @@ def tokenizer_tab(models: Models, key: gr.State) -> Callable:
     return switched
 
 
-def model_tab(models: Models, key: gr.State, timer: gr.Timer, header: gr.Markdown) -> Callable:
-    """The config, the training summary and loss curves (live while the run trains: the page's header too), and an
-    attention heatmap."""
+def model_tab(models: Models, key: gr.State, timer: gr.Timer, header: gr.Markdown, run: gr.State) -> Callable:
+    """The config and the training summary in words, the loss curves with a note on the fit (live while the run
+    trains: the page's header too), and every attention head of a layer."""
     pg = models.first
     lim, cfg = pg.limits, pg.config
+    tables = {"interactive": False, "max_height": 2000, "wrap": True, "column_widths": ["24%", "16%", "60%"]}
     with gr.Tab("Model", id="model") as tab:
         with gr.Row():
             # tall enough for every row: a table that scrolls inside its box hides half of it
-            config = gr.Dataframe(config_rows(pg), headers=["config", "value"], label=config_label(pg),
-                                  interactive=False, max_height=2000)
-            summary = gr.Dataframe(pg.summary(), headers=["training", "value"], label="Training summary",
-                                   interactive=False, max_height=2000, elem_id="training-summary")
+            config = gr.Dataframe(viz.config_rows(cfg), headers=["config", "value", "what it is"],
+                                  label=config_label(pg), elem_id="model-config", **tables)
+            summary = gr.Dataframe(pg.summary(), headers=["training", "value", "what it is"],
+                                   label="Training summary", elem_id="training-summary", **tables)
         curves = gr.HTML(curve_svg(pg.metric_rows(), "Loss curves"), elem_id="model-curves")
-        gr.Markdown("### Attention")
-        with gr.Row():
-            attn_limit = min(lim.attention_tokens, cfg.block_size)
-            attn_text = gr.Textbox(ATTENTION_TEXT, label=f"Short text (its first {attn_limit} tokens are shown)",
-                                   scale=3, max_length=lim.prompt_chars)
-            layer = gr.Dropdown([str(i) for i in range(cfg.n_layer)], value="0", label="Layer", scale=1)
-            head = gr.Dropdown(["mean"] + [str(h) for h in range(cfg.n_head)], value="mean", label="Head", scale=1)
-        attn_btn = gr.Button("Show attention")
-        heatmap = gr.HTML()
+        fit = gr.Markdown(viz.fit_note(pg.metric_rows()), elem_id="fit-note")
+        attn = attention_view(models, key, tab, run)
         lens = layer_guesses(models, key, tab, lim)
         shown = gr.State(None)  # the curves this page shows (in the tab: a State among the Tabs is taken for one)
-    attn = gpu(on(models, "attention")), [key, attn_text, layer, head], [heatmap]
-    attn_btn.click(*attn, api_name="attention")
-    for name, trigger in (("attention_layer", layer.change), ("attention_head", head.change),
-                          ("attention_tab", tab.select)):
-        trigger(*attn, api_name=name, **PRIVATE)
 
     def live(k, shown):  # a run's model whose metrics changed (it trains): its curves, summary and header again
         version = models.metrics_version(k)
         if version is None or (k, version) == shown:
-            return gr.skip(), gr.skip(), gr.skip(), shown
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), shown
         pg = session_model(models, k)  # a better best/ saved meanwhile is loaded now
-        return curve_svg(pg.metric_rows(fresh=True), "Loss curves"), pg.summary(), pg.header(), (k, version)
+        rows = pg.metric_rows(fresh=True)
+        return curve_svg(rows, "Loss curves"), viz.fit_note(rows), pg.summary(), pg.header(), (k, version)
 
-    timer.tick(live, [key, shown], [curves, summary, header, shown], **POLL)
+    timer.tick(live, [key, shown], [curves, fit, summary, header, shown], **POLL)
 
     def other_model(k):
         pg = session_model(models, k)
         c = pg.config
-        return (gr.update(value=config_rows(pg), label=config_label(pg)), pg.summary(),
-                curve_svg(pg.metric_rows(), "Loss curves"),
+        return (gr.update(value=viz.config_rows(c), label=config_label(pg)), pg.summary(),
+                curve_svg(pg.metric_rows(), "Loss curves"), viz.fit_note(pg.metric_rows()),
                 gr.update(choices=[str(i) for i in range(c.n_layer)], value="0"),
                 gr.update(choices=["mean"] + [str(h) for h in range(c.n_head)], value="mean"),
                 gr.update(label=f"Short text (its first {min(lim.attention_tokens, c.block_size)} tokens are shown)"),
                 "", None)
 
     def switched(dep):
-        dep.success(other_model, [key], [config, summary, curves, layer, head, attn_text, heatmap, lens], **PRIVATE)
+        dep.success(other_model, [key], [config, summary, curves, fit, *attn, lens], **PRIVATE)
     return switched
+
+
+def attention_view(models: Models, key: gr.State, tab: gr.Tab, run: gr.State) -> list:
+    """The Model tab's attention (laid out where it is called): every head of a layer as a small picture, one
+    large; on a typed text or the last generation. Returns [layer, head, text, view] (a new model resets them)."""
+    lim, cfg = models.first.limits, models.first.config
+    gr.Markdown("### Attention\nWhere each token looks back to: every head of a layer at once (click one to "
+                "see it large).")
+    attn_limit = min(lim.attention_tokens, cfg.block_size)
+    with gr.Row():
+        text = gr.Textbox(ATTENTION_TEXT, label=f"Short text (its first {attn_limit} tokens are shown)",
+                          scale=3, max_length=lim.prompt_chars, min_width=260)
+        layer = gr.Dropdown([str(i) for i in range(cfg.n_layer)], value="0", label="Layer", scale=1, min_width=100)
+        head = gr.Dropdown(["mean"] + [str(h) for h in range(cfg.n_head)], value="mean", label="Head (large)",
+                           scale=1, min_width=100)
+    with gr.Row():
+        show = gr.Button("Show attention")
+        last = gr.Button("On the last generation", elem_id="attention-last")
+    view = gr.HTML(js_on_load=attention.HEADS_JS, elem_id="attention")
+    attn = gpu(on(models, "attention")), [key, text, layer, head], [view]
+    show.click(*attn, api_name="attention")
+    for name, trigger in (("attention_layer", layer.change), ("attention_head", head.change),
+                          ("attention_tab", tab.select)):
+        trigger(*attn, api_name=name, **PRIVATE)
+    last.click(on(models, "last_generation"), [key, run], [text], api_name="last_generation", **PRIVATE) \
+        .success(*attn, **PRIVATE)
+
+    def pick_head(evt: gr.SelectData):  # a small picture clicked: that head, large
+        return evt.value
+
+    view.select(pick_head, None, [head], **PRIVATE)
+    return [layer, head, text, view]
 
 
 def layer_guesses(models: Models, key: gr.State, tab: gr.Tab, lim: Limits) -> gr.Dataframe:
@@ -314,10 +335,6 @@ def layer_guesses(models: Models, key: gr.State, tab: gr.Tab, lim: Limits) -> gr
     show.click(*guesses, api_name="layer_predictions")
     tab.select(*guesses, api_name="layer_predictions_tab", **PRIVATE)
     return lens
-
-
-def config_rows(pg: Playground) -> list[list[str]]:
-    return [[k, str(v)] for k, v in vars(pg.config).items()]
 
 
 def config_label(pg: Playground) -> str:
@@ -361,7 +378,7 @@ def build_app(model, tokenizer, meta: dict, name: str = "model", metrics: list[d
         with gr.Tabs() as tabs:
             prompt, generate_switched = generate_tab(models, key, run)
             hooks = [generate_switched, tokens_tab(models, key, run, prompt), tokenizer_tab(models, key),
-                     model_tab(models, key, timer, header)]
+                     model_tab(models, key, timer, header, run)]
             runs, open_btn, plan, settings_inputs = train_tab(st, timer)
 
         def switch(k):
@@ -374,6 +391,7 @@ def build_app(model, tokenizer, meta: dict, name: str = "model", metrics: list[d
         open_btn.click(lambda name: (gr.update(choices=model_choices(models, st), value=f"run/{name}"),
                                      gr.Tabs(selected="generate")), [runs], [selector, tabs], **PRIVATE)
         selector.focus(lambda: gr.update(choices=model_choices(models, st)), None, [selector], **PRIVATE)
+        demo.load(None, js=FOLD_ON_PHONE)
         demo.load(lambda: st.runs_update(), None, [runs], **PRIVATE)
         demo.load(st.plan, settings_inputs, [plan], **PRIVATE)
     return demo.queue(max_size=first.limits.queue_size, default_concurrency_limit=1)

@@ -26,7 +26,7 @@ from pathlib import Path
 import gradio as gr
 import torch
 
-from llm import attention, hub, viz
+from llm import attention, hub, tokenview, viz
 from llm.checkpoint import (CONFIG, META, METRICS, CheckpointError, load_checkpoint, metrics_dir, read_config,
                             read_metrics)
 from llm.config import SettingError
@@ -142,7 +142,7 @@ class Playground:
         return self.metrics
 
     def summary(self) -> list[list[str]]:
-        return viz.summary_rows(self.meta, self.train_config, self.metrics) or [["", "no training info"]]
+        return viz.summary_rows(self.meta, self.train_config, self.metrics) or [["", "no training info", ""]]
 
     def header(self) -> str:
         return viz.header_markdown(self.name, self.model.num_params(), self.meta, self.config, self.device)
@@ -225,29 +225,28 @@ class Playground:
         yield text, viz.stats_markdown(n, time.perf_counter() - t0, first, reason, cropped, seed), run
 
     def show_tokens(self, run: viz.TokenRun | None, prompt: str, color_by: str):
-        """The Tokens tab: the last run (or the prompt alone) as coloured tokens, and a summary line."""
+        """The Tokens tab: the last run (or the prompt alone) as text coloured by probability (or id), and a
+        summary line."""
         if color_by not in ("probability", "id"):
             raise fail("colour by must be 'probability' or 'id'")
         if not run:
             ids, _ = self._prompt_ids(check_text("the prompt", prompt, self.limits.prompt_chars))
             run = viz.TokenRun.of_prompt(ids)
         run.score_prompt(self.model, self.vocab_size)
-        value, colors = viz.highlight(viz.token_spans(self.tokenizer, *run.shown(), color_by))
-        return gr.update(value=value, color_map=colors), viz.tokens_summary(run, color_by), run
+        ids, steps = run.shown()
+        view = tokenview.tokens_html(self.tokenizer, ids, steps, color_by, run.n_prompt,
+                                     empty="No tokens: type a prompt in the Generate tab.")
+        return view, viz.tokens_summary(run), run
 
     def token_details(self, run: viz.TokenRun | None, evt: gr.SelectData):
-        """A token chosen in the Tokens tab -> a line about it and its top alternatives."""
-        i = _chosen(evt, self.tokenizer, run.ids if run else [])
+        """A token chosen in the Tokens tab -> a line about it and its top alternatives (a table with bars)."""
+        i = _chosen(evt, run.ids if run else [])
         if not run or i is None:
             raise fail("choose one of the tokens shown")
         source = "prompt" if i < run.n_prompt else "generated"
         t, step = run.ids[i], run.steps[i]
-        rows = viz.alternative_rows(self.tokenizer, step, t) if step is not None else []
-        return viz.step_markdown(self.tokenizer, t, step, i, source), rows
-
-    def chosen_token(self, run: viz.TokenRun | None, evt: gr.SelectData) -> int | None:
-        """The index of the token a click on the Tokens tab's view chose."""
-        return _chosen(evt, self.tokenizer, run.ids if run else [])
+        table = tokenview.alternatives_html(self.tokenizer, step, t) if step is not None else ""
+        return viz.step_markdown(self.tokenizer, t, step, i, source), table
 
     def explore(self, text: str) -> tuple[str, tuple, tuple, str]:
         """(ids as JSON, (tokens labelled by id, colours), (pre-split chunks, colours), counts line)."""
@@ -255,13 +254,14 @@ class Playground:
         chunks = self.tokenizer.split(text)
         ids = self.tokenizer.encode(text)
         counts = viz.counts_markdown(viz.text_counts(text, ids, len(chunks)))
-        tokens = viz.highlight(viz.token_spans(self.tokenizer, ids, color_by="id"))
+        tokens = tokenview.tokens_html(self.tokenizer, ids, color_by="id", show_ids=True,
+                                       empty="Type or paste some text above to see its tokens.")
         return json.dumps(ids), tokens, viz.chunk_highlight(chunks), counts
 
     def tokenize(self, text: str):
         """The Tokenizer tab: (ids as JSON, tokens labelled by id, pre-split chunks, counts line)."""
-        ids, (tokens, colors), (chunks, chunk_colors), counts = self.explore(text)
-        return ids, gr.update(value=tokens, color_map=colors), gr.update(value=chunks, color_map=chunk_colors), counts
+        ids, tokens, (chunks, chunk_colors), counts = self.explore(text)
+        return ids, tokens, gr.update(value=chunks, color_map=chunk_colors), counts
 
     def merge_tree(self, token_id) -> str:
         """A token's merge tree; for an id that is none of this vocabulary's, the reason, in the tree's place (a
@@ -276,10 +276,15 @@ class Playground:
         """A token clicked in the Tokenizer tab -> (its id, its merge tree)."""
         text = check_text("the text", text, self.limits.text_chars)
         ids = self.tokenizer.encode(text)
-        i = _chosen(evt, self.tokenizer, ids)
+        i = _chosen(evt, ids)
         if i is None:
             raise fail("choose one of the tokens shown")
         return ids[i], viz.merge_tree_text(self.tokenizer, ids[i])
+
+    def vocab_tree(self, evt: gr.SelectData):
+        """A row clicked in the vocabulary table -> (its token id, its merge tree)."""
+        row = evt.row_value if isinstance(evt.row_value, list) else []
+        return (row[0], self.merge_tree(row[0])) if row else (gr.skip(), gr.skip())
 
     def search_vocab(self, query: str):
         query = check_text("the search", query, self.limits.query_chars)
@@ -299,7 +304,8 @@ class Playground:
                 for i, guesses in enumerate(rows)]
 
     def attention(self, text: str, layer, head: str) -> str:
-        """Heatmap of one layer's attention (one head, or the mean over heads) for a short text."""
+        """A layer's attention for a short text: every head and their mean as small pictures, and the chosen one
+        ("mean" or a head's number) as a heatmap with the tokens along its sides."""
         text = check_text("the text", text, self.limits.prompt_chars)
         if isinstance(layer, str) and layer.isdecimal():  # the dropdown's choices are text, as the API shows them
             layer = int(layer)
@@ -313,14 +319,21 @@ class Playground:
         att = attention.attention_maps(self.model, ids[:limit])[layer]  # (H, T, T)
         w = att.mean(0) if head == "mean" else att[int(head)]
         labels = [viz.token_display(self.tokenizer, t) for t in ids[:limit]]
-        return attention.attention_html(labels, w.tolist(), attention.attention_caption(layer, head, limit, len(ids)))
+        caption = attention.attention_caption(layer, head, limit, len(ids))
+        return attention.heads_html(att, head) + attention.attention_html(labels, w.tolist(), caption)
+
+    def last_generation(self, run: viz.TokenRun | None) -> str:
+        """The text of the last generation's last tokens, as many as the attention view shows."""
+        if not run or len(run.ids) <= run.n_prompt:
+            raise fail("generate some text first (Generate tab): its last tokens are shown here")
+        limit = min(self.limits.attention_tokens, self.config.block_size)
+        return self.tokenizer.decode(run.ids[-limit:])
 
 
-def _chosen(evt: gr.SelectData, tokenizer, ids: list[int]) -> int | None:
-    """The token a click on a token view chose (its segment, mapped back), or None."""
-    owners = viz.segment_tokens(tokenizer, ids)
-    i = evt.index if isinstance(evt.index, int) else -1
-    return owners[i] if 0 <= i < len(owners) else None
+def _chosen(evt: gr.SelectData, ids: list[int]) -> int | None:
+    """The index of the token a click on a token view chose (tokenview.VIEW_JS sends it), or None."""
+    i = evt.index
+    return i if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(ids) else None
 
 
 class Halts:

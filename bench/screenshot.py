@@ -55,6 +55,9 @@ def generate_in_page(page, url: str, prompt: str, max_new_tokens: int | None = N
     """Open the app, type the prompt, click Generate, wait for the finished run's stats line."""
     page.goto(url)
     page.get_by_label("Prompt").fill(prompt)
+    if (max_new_tokens is not None or seed is not None) and page.viewport_size["width"] < 640:
+        page.get_by_label("Seed").wait_for(state="hidden", timeout=10_000)  # a phone folds the settings on load
+        page.get_by_text("Sampling settings").click()
     if max_new_tokens is not None:
         page.get_by_label("Max new tokens").first.fill(str(max_new_tokens))
     if seed is not None:
@@ -114,10 +117,10 @@ def main(argv: list[str] | None = None) -> int:
                     page.get_by_role("tab", name=tab).click()
                     page.wait_for_timeout(1500)
                     if tab == "Tokens":
-                        page.locator("#token-view .token").nth(9).click()
+                        page.locator("#token-view .t").nth(9).click()
                         page.wait_for_timeout(800)
                     if tab == "Tokenizer":
-                        page.locator("#tokenizer-tokens .token").nth(12).click()
+                        page.locator("#tokenizer-tokens .t").nth(12).click()
                         page.wait_for_timeout(800)
                     path = out.with_name(f"{out.stem}-{tab.lower()}{out.suffix}")
                     page.screenshot(path=str(path), full_page=True)

@@ -4,12 +4,16 @@ would predict.
     attention_maps(model, ids)          a list over layers of (H, T, T) weights
     attention_html(labels, weights)     one head's (or the mean's) weights as a table of coloured cells
     attention_caption(...)              the line under it
+    heads_html(att, chosen)             every head of a layer and their mean as small pictures, side by side
     layer_predictions(model, ids, k)    after each block, the k likeliest next tokens (the "logit lens")
 """
 
 from __future__ import annotations
 
+import base64
 import html
+import struct
+import zlib
 from collections.abc import Sequence
 
 import torch
@@ -29,10 +33,14 @@ def attention_maps(model, ids: Sequence[int]) -> list[torch.Tensor]:
 MASKED = "repeating-linear-gradient(45deg,#9ca3af66 0 2px,transparent 2px 6px)"
 
 
-def _blue(w: float) -> str:
+def _rgb(w: float) -> tuple[int, int, int]:
     """White blended towards #2563eb by w in [0, 1], as an opaque colour."""
     w = min(1.0, max(0.0, w))
-    return "#" + "".join(f"{round(255 - w * (255 - c)):02x}" for c in (0x25, 0x63, 0xEB))
+    return tuple(round(255 - w * (255 - c)) for c in (0x25, 0x63, 0xEB))
+
+
+def _blue(w: float) -> str:
+    return "#" + "".join(f"{c:02x}" for c in _rgb(w))
 
 
 def attention_html(labels: Sequence[str], weights: Sequence[Sequence[float]], caption: str = "") -> str:
@@ -41,7 +49,8 @@ def attention_html(labels: Sequence[str], weights: Sequence[Sequence[float]], ca
     cannot see (later keys) are hatched.
 
     Labels are user text: escaped here."""
-    cell = "width:16px;height:16px;padding:0;border:1px solid #fff;"
+    px = max(14, min(28, 720 // max(len(labels), 1)))  # a short text's cells larger: the map fills the width
+    cell = f"width:{px}px;height:{px}px;padding:0;border:1px solid #fff;"
     esc = [html.escape(lab) for lab in labels]
     vertical = "writing-mode:vertical-rl;transform:rotate(180deg)"  # key tokens read bottom-up above their column
     head = "".join(f'<th title="{e}" style="{vertical};font-weight:normal;border:0;font-size:11px;padding:2px;'
@@ -60,6 +69,52 @@ def attention_html(labels: Sequence[str], weights: Sequence[Sequence[float]], ca
     cap = f"<caption style='caption-side:bottom;font-size:12px'>{html.escape(caption)}</caption>" if caption else ""
     return (f'<div style="overflow:auto"><table style="border-collapse:collapse;font-family:monospace">{cap}'
             f'<tr><th style="border:0"></th>{head}</tr>{"".join(body)}</table></div>')
+
+
+GREY = (0xD1, 0xD5, 0xDB)  # the small pictures' cells a query cannot see (a hatch does not fit in a pixel)
+
+
+def png_uri(pixels: Sequence[Sequence[tuple[int, int, int]]]) -> str:
+    """Rows of RGB pixels as a PNG data URI (8-bit RGB, no filter): a picture of T x T cells is a few hundred
+    bytes, where a table of cells would be thousands of elements."""
+    h, w = len(pixels), len(pixels[0])
+    raw = b"".join(b"\x00" + bytes(c for px in row for c in px) for row in pixels)
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def heads_html(att: torch.Tensor, chosen: str) -> str:
+    """A layer's (H, T, T) weights: each head and their mean as a small picture (white to blue, grey where a
+    query cannot see), the chosen one ("mean" or a head's number) outlined. Each carries data-head: a click on
+    one picks it (the page's script)."""
+    H, T, _ = att.shape
+    maps = [(str(h), att[h]) for h in range(H)] + [("mean", att.mean(0))]
+    size = max(96, min(160, 5 * T))
+    out = []
+    for name, w in maps:
+        rows = w.tolist()
+        pixels = [[_rgb(rows[i][j]) if j <= i else GREY for j in range(T)] for i in range(T)]
+        ring = "outline:3px solid #2563eb;outline-offset:2px;" if name == chosen else ""
+        label = "mean of the heads" if name == "mean" else f"head {name}"
+        out.append(f'<figure data-head="{name}" title="{label}: click to see it large" style="margin:0;'
+                   f'cursor:pointer;text-align:center"><img src="{png_uri(pixels)}" alt="{label}" width="{size}" '
+                   f'height="{size}" style="image-rendering:pixelated;border:1px solid #9ca3af;{ring}">'
+                   f'<figcaption style="font-size:12px">{label}</figcaption></figure>')
+    return f'<div style="display:flex;flex-wrap:wrap;gap:12px;margin-bottom:12px">{"".join(out)}</div>'
+
+
+# the page's side of heads_html: a click on a small picture -> a select event with its head
+HEADS_JS = """
+element.addEventListener('click', (e) => {
+    const f = e.target.closest('[data-head]');
+    if (f) trigger('select', {index: 0, value: f.dataset.head});
+});
+"""
 
 
 def attention_caption(layer: int, head: str, shown: int, total: int) -> str:

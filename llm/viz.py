@@ -2,23 +2,22 @@
 
     token_text, token_display, show_whitespace   a token as readable text: glyphs for whitespace, <0xNN> for
                                                  bytes that are not valid UTF-8 on their own, special names
-    token_spans, highlight                       tokens coloured by probability or by id (HighlightedText data)
     TokenRun, score_ids, perplexity              the Tokens tab's state; the model's probability, top alternatives
                                                  and entropy per position (sample.next_token_stats)
-    alternative_rows, step_markdown              the table and the line shown for a chosen token
+    step_markdown                                the line shown for a chosen token (tokenview draws the rest)
     header_markdown, progress_line, stats_markdown, tokens_summary, counts_markdown, vocab_count_line
                                                  the page's lines of text
     chunk_highlight, text_counts                 the tokenizer explorer: pre-split chunks, counts
     merge_tree, merge_tree_text                  how a BPE token was built from bytes
     search_vocab, special_rows, token_kind       the vocabulary browser
-    summary_rows, format_count                   the model tab's tables
+    config_rows, summary_rows, fit_note, format_count
+                                                 the model tab's tables, words and note
 
 Token text is user text: whatever is built into HTML or Markdown here is escaped (html.escape, escape_markdown).
 """
 
 from __future__ import annotations
 
-import colorsys
 import math
 import string
 import unicodedata
@@ -31,8 +30,6 @@ from llm.checkpoint import corpus_names, metric_rows
 from llm.sample import Step, next_token_stats
 
 GLYPHS = {" ": "·", "\t": "→", "\n": "↵\n", "\r": "␍"}  # the newline glyph keeps its line break
-PROB_LOW = 1e-4  # probabilities at or below this get the "least likely" colour (log scale up to 1)
-NO_COLOR = "#e5e7eb"  # tokens with nothing to colour by (the first prompt token has no probability)
 
 
 # -----------------------------------------------------------------------------
@@ -80,97 +77,6 @@ def escape_markdown(text: str) -> str:
     """Text safe inside Markdown and HTML: every ASCII punctuation character becomes a numeric entity, so no
     markup (Markdown or HTML) can come from it; newlines become spaces."""
     return "".join(f"&#{ord(c)};" if c in string.punctuation else c for c in text.replace("\n", " "))
-
-
-# -----------------------------------------------------------------------------
-# colours
-
-
-def _hex(h: float, s: float, light: float) -> str:
-    r, g, b = colorsys.hls_to_rgb(h % 1.0, light, s)
-    return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
-
-
-def prob_color(p: float | None) -> str:
-    """Red (unlikely) through yellow to green (likely), on a log scale from PROB_LOW to 1."""
-    if p is None or math.isnan(p):
-        return NO_COLOR
-    x = (math.log10(max(p, PROB_LOW)) - math.log10(PROB_LOW)) / -math.log10(PROB_LOW)  # 0 .. 1
-    return _hex(x / 3.0, 0.75, 0.72)  # hue 0 (red) .. 1/3 (green)
-
-
-def id_color(token_id: int) -> str:
-    """A pastel colour per id; neighbouring ids get distant hues (golden-angle steps)."""
-    return _hex(token_id * 0.618033988749895, 0.65, 0.78)
-
-
-def prob_label(p: float | None) -> str:
-    if p is None:
-        return "start"
-    if p >= 0.995:
-        return "100%"
-    if p >= 0.01:
-        return f"{p:.0%}"
-    if p >= 0.001:
-        return f"{p:.1%}"
-    return "<0.1%"
-
-
-# -----------------------------------------------------------------------------
-# tokens as coloured spans
-
-
-@dataclass
-class TokenSpan:
-    index: int
-    id: int
-    text: str  # display text (token_display)
-    label: str  # shown with the token: its id, or its probability
-    color: str  # CSS hex colour
-    prob: float | None = None
-
-
-def token_spans(tokenizer, ids: Sequence[int], steps: Sequence[Step | None] | None = None,
-                color_by: str = "probability") -> list[TokenSpan]:
-    """One span per token. color_by "probability" (needs steps, None where unknown) or "id"."""
-    if color_by not in ("probability", "id"):
-        raise ValueError(f"color_by must be 'probability' or 'id', got {color_by!r}")
-    steps = list(steps) if steps is not None else [None] * len(ids)
-    if len(steps) != len(ids):
-        raise ValueError(f"{len(ids)} ids but {len(steps)} steps")
-    spans = []
-    for i, (t, step) in enumerate(zip(ids, steps)):
-        p = step.prob if step is not None else None
-        if color_by == "id":
-            label, color = str(t), id_color(t)
-        else:
-            label, color = prob_label(p), prob_color(p)
-        spans.append(TokenSpan(i, t, token_display(tokenizer, t), label, color, p))
-    return spans
-
-
-def highlight(spans: Iterable[TokenSpan]) -> tuple[list[tuple[str, str | None]], dict[str, str]]:
-    """Spans -> (value, color_map) for a highlighted-text view: [(text, label)], {label: colour}. A token that
-    holds line breaks keeps its glyphs (↵) and is followed by its breaks as unlabelled text: the view draws a chip
-    with a line break inside as one chip per line. segment_tokens maps the segments back to tokens."""
-    value, colors = [], {}
-    for s in spans:
-        value.append((s.text.replace("\n", ""), s.label))
-        if s.text.count("\n"):
-            value.append(("\n" * s.text.count("\n"), None))
-        colors[s.label] = s.color
-    return value, colors
-
-
-def segment_tokens(tokenizer, ids: Sequence[int]) -> list[int | None]:
-    """For each segment highlight() makes of these tokens, the index of its token (None for line breaks): what
-    a click on the view (its segment's index) chose."""
-    owners: list[int | None] = []
-    for i, t in enumerate(ids):
-        owners.append(i)
-        if "\n" in token_display(tokenizer, t):
-            owners.append(None)
-    return owners
 
 
 # -----------------------------------------------------------------------------
@@ -223,21 +129,6 @@ class TokenRun:
         """ids and steps paired: a run still streaming grows in another thread, one list before the other."""
         T = min(len(self.ids), len(self.steps))
         return self.ids[:T], self.steps[:T]
-
-
-ALT_HEADERS = ["rank", "token", "id", "probability"]
-
-
-def alternative_rows(tokenizer, step: Step, chosen: int) -> list[list]:
-    """Rows of the alternatives table; the chosen token is marked, and added at the end when it was not among
-    the top alternatives."""
-    rows = []
-    for rank, (t, p) in enumerate(step.alternatives, 1):
-        mark = " ◀" if t == chosen else ""
-        rows.append([rank, token_display(tokenizer, t) + mark, t, round(p, 4)])
-    if chosen not in [t for t, _ in step.alternatives]:
-        rows.append(["…", token_display(tokenizer, chosen) + " ◀", chosen, round(step.prob, 4)])
-    return rows
 
 
 def step_markdown(tokenizer, token_id: int, step: Step | None, index: int, source: str) -> str:
@@ -384,8 +275,49 @@ def _fmt(v) -> str:
     return str(v)
 
 
+# what each row of the Model tab's tables means, in words
+CONFIG_WORDS = {
+    "vocab_size": "how many different tokens the model knows (its tokenizer's vocabulary)",
+    "block_size": "context: the most tokens the model sees at once; it predicts each from those before it",
+    "n_layer": "transformer blocks stacked; each one reads the sequence (attention) and then thinks per token (MLP)",
+    "n_head": "attention heads per block: each looks back over the context for a different pattern",
+    "n_embd": "width: how many numbers stand for each token as it passes through the blocks",
+    "dropout": "share of activations dropped at random while training (0 = none); it fights overfitting",
+    "bias": "whether the linear layers add a learned offset",
+    "pos": "how the model knows token order: rope rotates queries and keys by position",
+    "norm": "the normalization before each sub-layer, which keeps the numbers in range",
+    "mlp": "the per-token feed-forward layer: swiglu is a gated one (as in Llama), gelu the GPT-2 one",
+    "tie_embeddings": "whether the output layer reuses the input embedding table (fewer parameters)",
+    "rope_theta": "rope's base: larger values let positions far apart still be told apart",
+}
+SUMMARY_WORDS = {
+    "steps": "optimizer updates the run made",
+    "tokens seen": "tokens read in training (steps × batch size × context), repeats counted",
+    "val loss (best)": "the lowest loss on held-out text, in nats per token: lower is better (this model is saved)",
+    "bits per byte": "that loss per byte of text, in bits: compares models with different tokenizers",
+    "training time (s)": "seconds spent training",
+    "trained on": "the device it trained on",
+    "train loss (last eval)": "loss on text it trained on, at the last evaluation; far below val loss = overfitting",
+    "corpus": "the text it learned from",
+    "tokenizer": "bpe merges byte pairs into tokens; char uses one token per character",
+    "vocab size": "tokens in the tokenizer's vocabulary",
+    "optimizer": "how the weights were updated (muon: orthogonalized steps for the blocks' matrices)",
+    "lr": "learning rate: the size of each update",
+    "batch size": "sequences per training step",
+    "seed": "the random seed: the same seed and settings give the same run",
+    "step limit": "the run stopped after this many steps",
+    "time budget (s)": "the run stopped after this many seconds",
+}
+
+
+def config_rows(config) -> list[list[str]]:
+    """[field, value, what it means] for each field of a ModelConfig."""
+    return [[k, str(v), CONFIG_WORDS.get(k, "")] for k, v in vars(config).items()]
+
+
 def summary_rows(meta: dict, train: dict | None = None, metrics: Sequence[dict] = ()) -> list[list[str]]:
-    """[name, value] rows of the training summary: from meta.json, the train config and the metrics."""
+    """[name, value, what it means] rows of the training summary: from meta.json, the train config and the
+    metrics."""
     rows = []
     for key, name in (("step", "steps"), ("tokens_seen", "tokens seen"), ("val_loss", "val loss (best)"),
                       ("bits_per_byte", "bits per byte"), ("train_time", "training time (s)"),
@@ -401,7 +333,29 @@ def summary_rows(meta: dict, train: dict | None = None, metrics: Sequence[dict] 
     if train:  # what ended the run: its step limit or its time budget (the trainer's 5 minutes when neither)
         steps, budget = train.get("max_steps") or 0, train.get("time_budget") or 0
         rows.append(["step limit", _fmt(steps)] if steps else ["time budget (s)", _fmt(budget or 300.0)])
-    return rows
+    return [row + [SUMMARY_WORDS.get(row[0], "")] for row in rows]
+
+
+def fit_note(metrics: Sequence[dict]) -> str:
+    """A line under the loss curves on how the model fits its text: the gap between training and validation loss
+    at the last evaluation, and what it means when the model has begun to memorize (overfit)."""
+    evals = [r for r in metric_rows(list(metrics), "eval")
+             if isinstance(r.get("val_loss"), (int, float)) and isinstance(r.get("train_loss"), (int, float))]
+    if not evals:
+        return ""
+    last, best = evals[-1], min(evals, key=lambda r: r["val_loss"])
+    gap = last["val_loss"] - last["train_loss"]
+    rising = last["val_loss"] > best["val_loss"] + 0.02 and last is not best
+    if gap < 0.1 and not rising:
+        return (f"Training and validation loss are close ({last['train_loss']:.3f} and {last['val_loss']:.3f}): "
+                "the model does as well on text it never saw as on its training text, so more training, a bigger "
+                "model or more text should still help.")
+    where = (f"; validation loss was lowest at step {best.get('step', '?'):,} ({best['val_loss']:.3f}) and has "
+             "risen since (the checkpoint saved is that best one)") if rising else ""
+    return (f"**Overfitting**: training loss ({last['train_loss']:.3f}) is {gap:.2f} below validation loss "
+            f"({last['val_loss']:.3f}){where}. The model has begun to memorize its training text rather than learn "
+            "what carries over to new text. More text, dropout (`--dropout 0.1`), a smaller model or fewer steps "
+            "narrow the gap.")
 
 
 # -----------------------------------------------------------------------------
@@ -448,21 +402,24 @@ def stats_markdown(n: int, seconds: float, first: float | None, reason: str, cro
             f"after {1000 * (first or seconds):.0f} ms · stopped at {STOP_REASONS.get(reason, reason)}{note}")
 
 
-def tokens_summary(run: TokenRun, color_by: str) -> str:
-    """The Tokens tab's line: how many tokens of each kind, their perplexity, how to read the colours."""
+def tokens_summary(run: TokenRun) -> str:
+    """The Tokens tab's line: how many tokens of each kind and their perplexity."""
     ids, steps = run.shown()
     n_gen = len(ids) - run.n_prompt
     ppl = perplexity(steps[run.n_prompt:]) if n_gen else perplexity(steps)
     return (f"{run.n_prompt} prompt tokens, {n_gen} generated"
             + (f" · perplexity of the {'generated' if n_gen else 'prompt'} tokens {ppl:.2f}" if ppl else "")
-            + (" · green = likely, red = unlikely (log scale)" if color_by == "probability" else "")
-            + " · click a token for the model's alternatives")
+            + " · click a token for the model's alternatives there")
 
 
 def counts_markdown(counts: dict[str, float | int]) -> str:
-    """text_counts as one line: **29** characters · **32** bytes · ..."""
+    """text_counts as one line: **29** characters · **32** bytes · ...; an empty text says so."""
+    if not counts.get("characters"):
+        return "No text yet: type or paste some above."
     return " · ".join(f"**{v:,}** {k}" if isinstance(v, int) else f"**{v:.2f}** {k}" for k, v in counts.items())
 
 
 def vocab_count_line(shown: int, total: int, query: str) -> str:
+    if query and not total:
+        return f"No token contains <code>{escape_markdown(query)}</code> (or has it as its id)."
     return f"{shown} of {total:,} tokens" + (" matching" if query else " (longest first)")

@@ -74,6 +74,13 @@ def select(index: int) -> gr.SelectData:
     return gr.SelectData(None, {"index": index, "value": None})
 
 
+def drawn(view: str) -> list[int]:
+    """The token indices a token view (tokenview.tokens_html) draws, in order: a piece drawn from n tokens
+    (data-n) stands for n of them."""
+    found = re.findall(r'<span class="t" data-i="(\d+)"(?: data-n="(\d+)")?', view)
+    return [int(i) + k for i, n in found for k in range(int(n or 1))]
+
+
 # --- loading ------------------------------------------------------------------------------------------------
 
 
@@ -226,14 +233,16 @@ def test_generate_stop_string(pg):
 def test_show_tokens_and_details(pg):
     *_, (_, _, run) = pg.generate("KING:", **GEN)
     view, summary, run = pg.show_tokens(run, "KING:", "probability")
-    assert len(view["value"]) == len(run.ids)
-    assert set(view["color_map"]) == {label for _, label in view["value"]}
+    assert drawn(view) == list(range(len(run.ids)))
+    cut = re.search(r'class="cut" title="[^"]*"></span><span class="t" data-i="(\d+)"', view)
+    assert cut and int(cut[1]) == run.n_prompt  # the mark where the generated text starts
     assert run.scored and run.steps[0] is None and run.steps[1] is not None
     assert f"{run.n_prompt} prompt tokens, 30 generated" in summary and "perplexity" in summary
-    md, rows = pg.token_details(run, select(run.n_prompt))
-    assert "(generated)" in md and "Entropy" in md and len(rows) >= 10 and "◀" in "".join(str(r[1]) for r in rows)
-    md, rows = pg.token_details(run, select(0))
-    assert "first token" in md and rows == []
+    md, table = pg.token_details(run, select(run.n_prompt))
+    assert "(generated)" in md and "Entropy" in md and table.count("<tr") >= 11 and "◀ this token" in table
+    assert table.count('class="bar"') == table.count("<tr") - 1  # a bar per alternative
+    md, table = pg.token_details(run, select(0))
+    assert "first token" in md and table == ""
     with pytest.raises(gr.Error, match="choose one of the tokens"):
         pg.token_details(run, select(len(run.ids)))
     with pytest.raises(gr.Error, match="choose one of the tokens"):
@@ -244,8 +253,7 @@ def test_show_tokens_without_a_run_scores_the_prompt(pg):
     view, summary, run = pg.show_tokens(None, "the king", "id")
     ids = pg.tokenizer.encode("the king")
     assert run.ids == ids and "0 generated" in summary
-    labels = [label for _, label in view["value"]]
-    assert labels == [str(i) for i in ids]
+    assert drawn(view) == list(range(len(ids))) and "one colour per token id" in view
     with pytest.raises(gr.Error, match="colour by"):
         pg.show_tokens(None, "x", "size")
 
@@ -258,7 +266,7 @@ def test_tokenize(pg):
     ids, tokens, chunks, counts = pg.tokenize(text)
     ids = json.loads(ids)
     assert pg.tokenizer.decode(ids) == text
-    assert [label for _, label in tokens["value"] if label is not None] == [str(i) for i in ids]  # None: a break
+    assert re.findall(r'<b data-i="\d+">(\d+)</b>', tokens) == [str(i) for i in ids]  # every id, in order
     assert "".join(c for c, _ in chunks["value"]).replace("·", " ").replace("↵", "") == text
     assert f"**{len(ids)}** tokens" in counts and "**29** characters · **32** bytes" in counts
     with pytest.raises(gr.Error, match="the text is 10,001 characters long; the limit is 10,000"):
@@ -323,7 +331,7 @@ def test_a_character_level_model_works_too():
     assert "no merges" in pg.merge_tree(json.loads(ids)[0])
     *_, (text, stats, run) = pg.generate("the", **{**GEN, "max_new_tokens": 20})
     view, _, _ = pg.show_tokens(run, "the", "probability")
-    assert len(view["value"]) == len(run.ids)
+    assert drawn(view) == list(range(len(run.ids)))
     assert "<table" in pg.attention("the king", 0, "mean")
     demo = app.build_app(model, tok, {})  # no metrics, no training info: the model tab still builds
     assert demo.config["title"] == "scratchgpt studio"
@@ -356,7 +364,7 @@ def test_gpu_handlers_survive_zero_gpu_pickling(pg, loaded, monkeypatch):
     *_, (text, stats, run) = fake_zero_gpu(pg.generate)("KING:", **GEN)
     assert "**30 tokens**" in stats
     view, _, run = fake_zero_gpu(pg.show_tokens)(run, "KING:", "probability")
-    assert run.scored and len(view["value"]) == len(run.ids)
+    assert run.scored and drawn(view) == list(range(len(run.ids)))
     assert "<table" in fake_zero_gpu(pg.attention)("the king", 0, "mean")
     monkeypatch.setattr(app, "gpu", fake_zero_gpu)
     demo = app.build_app(*loaded)

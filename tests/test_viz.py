@@ -53,51 +53,6 @@ def test_escape_markdown_leaves_no_markup():
     assert "script" in out and "bold" in out
 
 
-# --- colours and spans --------------------------------------------------------------------------------------
-
-
-def _hue(color: str) -> float:
-    import colorsys
-
-    r, g, b = (int(color[i : i + 2], 16) / 255 for i in (1, 3, 5))
-    return colorsys.rgb_to_hls(r, g, b)[0]
-
-
-def test_prob_color_goes_from_red_to_green():
-    hues = [_hue(viz.prob_color(p)) for p in (1e-6, 1e-3, 0.1, 1.0)]
-    assert hues == sorted(hues)
-    assert hues[0] < 0.02 and abs(hues[-1] - 1 / 3) < 0.02
-    assert viz.prob_color(None) == viz.NO_COLOR
-
-
-def test_id_colors_are_stable_and_differ_between_neighbours():
-    assert viz.id_color(42) == viz.id_color(42)
-    assert len({viz.id_color(i) for i in range(20)}) == 20
-
-
-@pytest.mark.parametrize("p, label", [(None, "start"), (1.0, "100%"), (0.4213, "42%"), (0.0042, "0.4%"),
-                                      (1e-5, "<0.1%")])
-def test_prob_label(p, label):
-    assert viz.prob_label(p) == label
-
-
-def test_token_spans_by_probability_and_by_id(tok):
-    ids = tok.encode("the king")
-    steps = [None] + [viz.Step(0.5, [(i, 0.5)], 1.0) for i in ids[1:]]
-    spans = viz.token_spans(tok, ids, steps, "probability")
-    assert [s.id for s in spans] == ids and [s.index for s in spans] == list(range(len(ids)))
-    assert spans[0].label == "start" and spans[1].label == "50%"
-    assert "".join(s.text for s in spans) == "the·king"
-    by_id = viz.token_spans(tok, ids, color_by="id")
-    value, colors = viz.highlight(by_id)
-    assert [label for _, label in value] == [str(i) for i in ids]
-    assert set(colors) == {str(i) for i in ids}
-    with pytest.raises(ValueError, match="color_by"):
-        viz.token_spans(tok, ids, color_by="rainbow")
-    with pytest.raises(ValueError, match="steps"):
-        viz.token_spans(tok, ids, steps[:1])
-
-
 # --- the model's view ---------------------------------------------------------------------------------------
 
 
@@ -127,14 +82,6 @@ def test_score_ids_agrees_with_the_sampler_events(model, tok):
     for e, s in zip(events, steps[len(prompt):]):
         assert e.prob == pytest.approx(s.prob, rel=1e-4, abs=1e-6)
         assert e.entropy == pytest.approx(s.entropy, rel=1e-4)
-
-
-def test_alternative_rows_mark_the_chosen_token(tok):
-    step = viz.Step(0.1, [(ord("a"), 0.6), (ord("b"), 0.3)], 0.9)
-    rows = viz.alternative_rows(tok, step, ord("b"))
-    assert rows[1][1].endswith("◀") and rows[1][2] == ord("b") and len(rows) == 2
-    rows = viz.alternative_rows(tok, step, ord("z"))  # not among the top ones: added at the end
-    assert len(rows) == 3 and rows[-1][:3] == ["…", "z ◀", ord("z")] and rows[-1][3] == 0.1
 
 
 def test_step_markdown_escapes_the_token(tok):
@@ -222,14 +169,39 @@ def test_format_count(n, shown):
 
 def test_summary_rows():
     meta = {"step": 6, "val_loss": 5.6977, "bits_per_byte": 4.5014, "tokens_seen": 768}
-    rows = dict(viz.summary_rows(meta, {"corpus": ["a.txt", "b.txt"], "lr": 0.003}, [{"train_loss": 5.69}]))
+    full = viz.summary_rows(meta, {"corpus": ["a.txt", "b.txt"], "lr": 0.003}, [{"train_loss": 5.69}])
+    assert all(len(r) == 3 and r[2] for r in full)  # every row says what it is
+    rows = {name: value for name, value, _ in full}
     assert rows == {"steps": "6", "tokens seen": "768", "val loss (best)": "5.698", "bits per byte": "4.501",
                     "train loss (last eval)": "5.69", "corpus": "a.txt, b.txt", "lr": "0.003",
                     "time budget (s)": "300"}
     assert viz.summary_rows({}) == []
     # a run ended by its time budget says so, not "max steps 0"
-    assert ["time budget (s)", "120"] in viz.summary_rows({}, {"max_steps": 0, "time_budget": 120.0})
-    assert ["step limit", "2000"] in viz.summary_rows({}, {"max_steps": 2000, "time_budget": 0.0})
+    assert ["time budget (s)", "120"] in [r[:2] for r in viz.summary_rows({}, {"max_steps": 0, "time_budget": 120.0})]
+    assert ["step limit", "2000"] in [r[:2] for r in viz.summary_rows({}, {"max_steps": 2000, "time_budget": 0.0})]
+
+
+def test_config_rows_say_what_each_field_is():
+    from llm.model import ModelConfig
+
+    rows = viz.config_rows(ModelConfig())
+    assert [r[0] for r in rows] == list(vars(ModelConfig()))  # every field, a new one included
+    assert all(r[2] for r in rows), [r[0] for r in rows if not r[2]]
+    assert dict((r[0], r[1]) for r in rows)["rope_theta"] == "10000.0"
+
+
+def _evals(*pairs):
+    return [{"kind": "eval", "step": 100 * (i + 1), "train_loss": t, "val_loss": v} for i, (t, v) in enumerate(pairs)]
+
+
+def test_fit_note_says_when_the_model_overfits():
+    assert viz.fit_note([]) == ""
+    close = viz.fit_note(_evals((4.0, 4.05), (3.5, 3.56)))
+    assert "close" in close and "Overfitting" not in close
+    gap = viz.fit_note(_evals((4.0, 4.1), (3.0, 3.6)))
+    assert gap.startswith("**Overfitting**") and "0.60 below" in gap and "--dropout" in gap and "risen" not in gap
+    rising = viz.fit_note(_evals((4.0, 4.1), (3.2, 3.5), (2.8, 3.7)))
+    assert "lowest at step 200 (3.500) and has risen since" in rising
 
 
 def test_attention_maps(model, tok):
@@ -249,17 +221,6 @@ def test_attention_html_escapes_labels():
     assert "<b>" not in out and "&lt;b&gt;" in out and "x&quot;y" in out and "&lt;i&gt;" in out
     assert out.count("<tr>") == 3 and "background:#5c8af0" in out  # 0.75 of the way from white to #2563eb
     assert out.count(attention.MASKED) == 1 and "rgba(" not in out  # opaque: a dark page cannot show through
-
-
-def test_a_token_with_line_breaks_is_one_segment_then_its_breaks(tok):
-    spans = [viz.TokenSpan(0, 5, "a", "5", "#fff"), viz.TokenSpan(1, 6, ".↵\n↵\n", "6", "#eee"),
-             viz.TokenSpan(2, 7, "b", "7", "#ddd")]
-    value, colors = viz.highlight(spans)
-    assert value == [("a", "5"), (".↵↵", "6"), ("\n\n", None), ("b", "7")] and colors["6"] == "#eee"
-    ids = tok.encode("x.\n\ny")
-    owners = viz.segment_tokens(tok, ids)
-    assert [o for o in owners if o is not None] == list(range(len(ids)))
-    assert len(owners) == len(viz.highlight(viz.token_spans(tok, ids, color_by="id"))[0])
 
 
 def test_layer_predictions_end_with_the_models_own(model, tok):
