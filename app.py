@@ -41,11 +41,11 @@ gpu = spaces.GPU if spaces is not None else (lambda fn: fn)
 
 EXAMPLES = ["ROMEO:\n", "JULIET:\nO Romeo, Romeo,", "First Citizen:\nBefore we proceed any further,",
             "KING RICHARD III:\nNow is the winter of"]
-EXPLORER_TEXT = "First Citizen:\nWe are accounted poor citizens, the patricians good.\nWhat authority surfeits on 🍞?"
+EXPLORER_TEXT = "First Citizen:\nWe are accounted poor citizens, the patricians good.\nWhat authority surfeits on ☕?"
 ATTENTION_TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?"
 PRIVATE = {"api_visibility": "private"}  # events the page needs that are no API of the app
 PICK_A_TOKEN = "Click a token to see the model's alternatives there."
-NO_TREE = "Click a token or a row of the vocabulary, or type an id, to see how that token was built from bytes."
+NO_TREE = "Click a token or a row of the vocabulary,\nor type an id: how that token was built from bytes."
 NO_TOKENS = "Generate some text, or open this tab to see the prompt's tokens."
 # on a phone: the settings start folded (they stand between the prompt and the output), and Generate brings the
 # output into view
@@ -176,7 +176,8 @@ def tokens_tab(models: Models, key: gr.State, run: gr.State, prompt: gr.Textbox)
         with gr.Row():
             color_by = gr.Radio(["probability", "id"], value="probability", label="Colour tokens by", scale=0,
                                 min_width=220)
-            summary = gr.Markdown(NO_TOKENS, min_width=300, elem_id="tokens-summary")
+            with gr.Column(min_width=300):  # (a Markdown's own min_width does not make a phone's row wrap)
+                summary = gr.Markdown(NO_TOKENS, elem_id="tokens-summary")
         with gr.Row():  # the details beside the tokens on a wide screen, under them on a phone
             with gr.Column(scale=3, min_width=300):  # (a gr.HTML's own scale is not applied)
                 view = gr.HTML(tokenview.empty_html(NO_TOKENS), css_template=tokenview.STYLE,
@@ -220,8 +221,10 @@ def tokenizer_tab(models: Models, key: gr.State) -> Callable:
                 vocab = gr.Dataframe(vocab0, headers=viz.VOCAB_HEADERS, interactive=False, max_height=300,
                                      datatype=["number", "str", "number", "str"], elem_id="vocab")
             with gr.Column(scale=2, min_width=300, elem_id="merge-tree"):
-                # no minimum or maximum: Gradio would refuse an id out of range with an error badge and a traceback
-                token_id = gr.Number(None, label="Token id", step=1, info=f"0 to {tok.vocab_size - 1:,}")
+                # text, checked by the handler: a Number shows a stray 0 when empty, and its bounds would refuse an id
+                # out of range with an error badge and a traceback
+                token_id = gr.Textbox("", label="Token id", info=f"0 to {tok.vocab_size - 1:,}", max_length=20,
+                                      placeholder="e.g. 104, then Enter")
                 tree = gr.Code(NO_TREE, label="Merge tree: how the token was built from bytes", language=None,
                                show_line_numbers=False, interactive=False)
         with gr.Accordion("Special tokens", open=False):

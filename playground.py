@@ -266,6 +266,10 @@ class Playground:
     def merge_tree(self, token_id) -> str:
         """A token's merge tree; for an id that is none of this vocabulary's, the reason, in the tree's place (a
         typo in a box is no error worth a red badge)."""
+        if isinstance(token_id, str):  # the box is text: an empty one shows no stray 0
+            if not token_id.strip():
+                return "(type a token id)"
+            token_id = int(token_id) if token_id.strip().lstrip("-").isdecimal() else token_id.strip()
         try:
             t = check_number(Knob("token_id", "token id", 0, self.tokenizer.vocab_size - 1, integer=True), token_id)
         except gr.Error as e:
@@ -327,7 +331,13 @@ class Playground:
         if not run or len(run.ids) <= run.n_prompt:
             raise fail("generate some text first (Generate tab): its last tokens are shown here")
         limit = min(self.limits.attention_tokens, self.config.block_size)
-        return self.tokenizer.decode(run.ids[-limit:])
+        # the longest end that tokenizes again within the limit (bytes that make no character come back as
+        # U+FFFD, three bytes each)
+        for k in range(min(limit, len(run.ids)), 0, -1):
+            text = self.tokenizer.decode(run.ids[-k:])
+            if len(self.tokenizer.encode(text)) <= limit:
+                return text
+        return ""
 
 
 def _chosen(evt: gr.SelectData, ids: list[int]) -> int | None:

@@ -1,18 +1,21 @@
-"""Screenshot of the playground's Generate tab after a generation, for the README.
+"""The README's five pictures of the studio, made again by one command.
 
-    python bench/screenshot.py [--checkpoint DIR] [--out assets/screenshot.png] [--prompt TEXT] [--all-tabs]
-    python bench/screenshot.py --train-tab CORPUS [--out assets/train.png]
+    python bench/screenshot.py [--corpus TEXT_FILE] [--checkpoint DIR] [--out-dir assets] [--prompt TEXT]
 
-Launches app.py's Blocks on a free local port, drives Debian's chromium with Playwright (headless, no network),
-types the prompt, clicks Generate, waits for the run's stats, and saves a PNG. --all-tabs also saves one
-picture per tab next to --out (NAME-tokens.png, ...), to check the layout by eye. --train-tab uploads CORPUS in
-the Train tab (its runs in a temporary directory), starts a run with the page's defaults and a 60-second budget,
-and takes the picture 40 seconds in.
+Launches app.py's Blocks on a free local port, drives Debian's chromium with Playwright (headless, no network)
+as a person would (type the prompt, click Generate, click a token), and saves, into --out-dir:
+    generate.png    the Generate tab after a generation (1280 wide)
+    tokens.png      the Tokens tab, a token clicked: its alternatives beside the text
+    tokenizer.png   the Tokenizer tab, a token clicked: its merge tree
+    phone.png       the Tokens tab at phone size (390 x 844)
+    dark.png        in dark mode: the Train tab 40 s into a run on --corpus (its runs in a temporary directory,
+                    stopped after the picture), or without --corpus the Model tab
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import socket
 import sys
@@ -79,15 +82,58 @@ def train_tab_in_page(page, url: str, corpus: str, seconds: float = 40.0) -> Non
     page.locator("#run-plot polyline").first.wait_for(timeout=30_000)
 
 
+def pictures(browser, url: str, out: Path, prompt: str, max_new_tokens: int, seed: int,
+             corpus: str | None) -> None:
+    """The five pictures, each from a fresh page as a visitor would see it."""
+    def shot(page, name: str) -> None:
+        page.mouse.move(0, 0)  # no hover outline in the picture
+        page.screenshot(path=str(out / name), full_page=True)
+        print(f"saved {out / name}")
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    generate_in_page(page, url, prompt, max_new_tokens, seed)
+    shot(page, "generate.png")
+    page.get_by_role("tab", name="Tokens").click()
+    page.locator("#token-view .t").nth(9).click()
+    page.locator("#alternatives .bar").first.wait_for(timeout=30_000)
+    shot(page, "tokens.png")
+    page.get_by_role("tab", name="Tokenizer").click()
+    page.locator("#tokenizer-tokens .t").nth(12).click()
+    page.get_by_text(re.compile(r"merge \d+ of")).first.wait_for(timeout=30_000)
+    shot(page, "tokenizer.png")
+    page.close()
+
+    phone = browser.new_page(viewport={"width": 390, "height": 844})
+    generate_in_page(phone, url, prompt, max_new_tokens, seed)
+    phone.get_by_role("tab", name="Tokens").click()
+    phone.locator("#token-view .t").nth(9).click()
+    phone.locator("#alternatives .bar").first.wait_for(timeout=30_000)
+    phone.locator("#tokens-summary").evaluate("e => scrollTo(0, e.getBoundingClientRect().top + scrollY - 150)")
+    phone.wait_for_timeout(800)
+    phone.mouse.move(0, 0)
+    phone.screenshot(path=str(out / "phone.png"))  # one screen, as a phone shows it
+    print(f"saved {out / 'phone.png'}")
+    phone.close()
+
+    dark = browser.new_page(viewport={"width": 1280, "height": 900}, color_scheme="dark")
+    if corpus:
+        train_tab_in_page(dark, url + "?__theme=dark", corpus)
+    else:
+        dark.goto(url + "?__theme=dark")
+        dark.get_by_role("tab", name="Model").click()
+        dark.locator("#attention figure").first.wait_for(timeout=30_000)
+    shot(dark, "dark.png")
+    dark.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=None, help="as app.py's --checkpoint (default: what app.py opens)")
-    p.add_argument("--out", default=str(ROOT / "assets" / "screenshot.png"))
+    p.add_argument("--corpus", default=None, help="a text file to train on in the dark picture (the Train tab)")
+    p.add_argument("--out-dir", default=str(ROOT / "assets"))
     p.add_argument("--prompt", default="ROMEO:\n")
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--all-tabs", action="store_true")
-    p.add_argument("--train-tab", metavar="CORPUS", help="a picture of the Train tab training on CORPUS")
     args = p.parse_args(argv)
 
     import tempfile
@@ -98,33 +144,12 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = tempfile.mkdtemp(prefix="screenshot-runs-")
     demo, url = launch(args.checkpoint, settings=StudioSettings(runs_dir=Path(runs), train_threads=1))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     try:
         with sync_playwright() as pw:
             browser = open_browser(pw)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            if args.train_tab:
-                train_tab_in_page(page, url, args.train_tab)
-                page.screenshot(path=str(out), full_page=True)
-                print(f"saved {out}")
-                return 0
-            generate_in_page(page, url, args.prompt, args.max_new_tokens, args.seed)
-            page.screenshot(path=str(out), full_page=True)
-            print(f"saved {out}")
-            if args.all_tabs:
-                for tab in ("Tokens", "Tokenizer", "Model"):
-                    page.get_by_role("tab", name=tab).click()
-                    page.wait_for_timeout(1500)
-                    if tab == "Tokens":
-                        page.locator("#token-view .t").nth(9).click()
-                        page.wait_for_timeout(800)
-                    if tab == "Tokenizer":
-                        page.locator("#tokenizer-tokens .t").nth(12).click()
-                        page.wait_for_timeout(800)
-                    path = out.with_name(f"{out.stem}-{tab.lower()}{out.suffix}")
-                    page.screenshot(path=str(path), full_page=True)
-                    print(f"saved {path}")
+            pictures(browser, url, out, args.prompt, args.max_new_tokens, args.seed, args.corpus)
             browser.close()
     finally:
         demo.close()

@@ -104,7 +104,7 @@ def heads_html(att: torch.Tensor, chosen: str) -> str:
         out.append(f'<figure data-head="{name}" title="{label}: click to see it large" style="margin:0;'
                    f'cursor:pointer;text-align:center"><img src="{png_uri(pixels)}" alt="{label}" width="{size}" '
                    f'height="{size}" style="image-rendering:pixelated;border:1px solid #9ca3af;{ring}">'
-                   f'<figcaption style="font-size:12px">{label}</figcaption></figure>')
+                   f'<figcaption style="font-size:12px;margin-top:6px">{label}</figcaption></figure>')
     return f'<div style="display:flex;flex-wrap:wrap;gap:12px;margin-bottom:12px">{"".join(out)}</div>'
 
 

@@ -25,6 +25,7 @@ from llm.viz import show_whitespace, token_display, token_text
 
 PROB_LOW = 1e-4  # probabilities at or below this get the "least likely" colour (log scale up to 1)
 NO_COLOR = "#e5e7eb"  # tokens with nothing to colour by (the first prompt token has no probability)
+BAR_PX = 120  # the likeliest alternative's bar
 MAX_GROUP = 4  # a character is at most 4 bytes: byte tokens that make none in 4 tokens are drawn one by one
 
 
@@ -128,10 +129,12 @@ def pieces(tokenizer, ids: Sequence[int]) -> list[Piece]:
 STYLE = """
 .tv{font-family:var(--font-mono,monospace);font-size:14px;line-height:1.9;white-space:pre-wrap;
     word-break:break-word;max-height:60vh;overflow-y:auto;padding:6px 2px}
-.tv .t{color:#111;border-radius:3px;padding:1px 0;margin-right:1px;cursor:pointer}
+.tv .t{color:#111;border-radius:3px;padding:1px 0;box-shadow:inset -1px 0 0 rgba(0,0,0,.3);cursor:pointer}
 .tv .t:hover{outline:2px solid #6b7280}
 .tv .t.chosen{outline:3px solid var(--body-text-color,#111);outline-offset:1px}
 .tv .ws{opacity:.4}
+.tv.ids{line-height:2.2}
+.tv.ids .t{margin-right:4px}
 .tv sub{font-size:10px;opacity:.75;margin-left:2px;vertical-align:baseline}
 .cut{display:inline-block;width:2px;height:1.3em;vertical-align:middle;background:var(--body-text-color,#111);
     margin:0 3px}
@@ -260,20 +263,21 @@ def tokens_html(tokenizer, ids: Sequence[int], steps: Sequence[Step | None] | No
         parts.append(f'<span class="t" data-i="{piece.first}"{n} title="{title}" '
                      f'style="background:{_background(colors)}">{_shown(piece.text)}{sub}</span>')
         parts.append("\n" * piece.text.count("\n"))
-    return f'{legend}<div class="tv">{"".join(parts)}</div>'
+    return f'{legend}<div class="tv{" ids" if show_ids else ""}">{"".join(parts)}</div>'
 
 
 def alternatives_html(tokenizer, step: Step, chosen: int) -> str:
-    """The model's top alternatives at one step, each with a bar as long as its probability; the token that was
-    there is marked, and added at the end when it was not among them."""
+    """The model's top alternatives at one step, each with a bar in proportion to its probability (the likeliest
+    BAR_PX long); the token that was there is marked, and added at the end when it was not among them."""
     rows = list(enumerate(step.alternatives, 1))
     if chosen not in [t for t, _ in step.alternatives]:
         rows.append(("…", (chosen, step.prob)))
     body = []
+    top = max(p for _, (_, p) in rows) or 1.0  # bars in proportion, the likeliest one full length
     for rank, (t, p) in rows:
         mark = " ◀ this token" if t == chosen else ""
         body.append(f'<tr class="{"chosen" if t == chosen else ""}"><td>{rank}</td>'
                     f"<td><code>{html.escape(token_display(tokenizer, t))}</code>{mark}</td><td>{t}</td>"
-                    f'<td><span class="bar" style="width:{100 * p:.1f}px"></span>{p:.2%}</td></tr>')
+                    f'<td><span class="bar" style="width:{BAR_PX * p / top:.1f}px"></span>{p:.2%}</td></tr>')
     return (f'<table class="alts"><tr><th>#</th><th>token</th><th>id</th>'
             f'<th>probability</th></tr>{"".join(body)}</table>')

@@ -291,6 +291,11 @@ def test_merge_tree_handlers(pg):
         assert said.startswith("(token id must be a whole number from 0 to 299") and said.endswith(")"), said
     with pytest.raises(gr.Error, match="choose one of the tokens"):
         pg.select_token(text, select(99))
+    # the id box is text: empty says what to do, digits are an id, anything else gets the same line
+    assert pg.merge_tree("") == "(type a token id)" and pg.merge_tree(f" {t} ") == pg.merge_tree(t)
+    assert pg.merge_tree("abc").startswith("(token id must be a whole number") and "-1" in pg.merge_tree("-1")
+    row = gr.SelectData(None, {"index": [2, 1], "value": "x", "row_value": [t, "x", 1, "merge"]})
+    assert pg.vocab_tree(row) == (t, pg.merge_tree(t))  # a vocabulary row clicked: its id and its tree
 
 
 def test_search_vocab_handler(pg):
@@ -300,6 +305,16 @@ def test_search_vocab_handler(pg):
     assert rows and all("th" in r[1] for r in rows) and "matching" in shown
     with pytest.raises(gr.Error, match="the search is 101 characters long; the limit is 100"):
         pg.search_vocab("k" * 101)
+
+
+def test_attention_on_the_last_generation(pg):
+    with pytest.raises(gr.Error, match="generate some text first"):
+        pg.last_generation(None)
+    *_, (text, _, run) = pg.generate("KING:", **GEN)
+    last = pg.last_generation(run)
+    assert text.endswith(last) and len(pg.tokenizer.encode(last)) <= 32  # as many tokens as the view shows
+    out = pg.attention(last, 0, "1")
+    assert re.findall(r'data-head="(\w+)"', out) == ["0", "1", "mean"] and "head 1" in out
 
 
 def test_attention_handler(pg):

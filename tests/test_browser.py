@@ -49,7 +49,7 @@ def served(tmp_path_factory):
     loaded = app.load_playground(str(tiny_run(tmp_path_factory)))
     without_endoftext(loaded[0], loaded[1])
     with launched(app.build_app(*loaded)) as url:
-        yield url, loaded[0]
+        yield url, loaded[0], loaded[1]
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_generate_then_tokenizer_in_chromium(served, page, tmp_path):
 def test_stop_ends_the_run_cleanly_at_any_moment(served, page):
     """Stop pressed at several moments after Generate: the run ends with its text and a last line that says it
     was stopped, never an error badge; Generate is off while a run streams, and on again after it."""
-    url, model = served
+    url, model, _ = served
     slow = model.register_forward_pre_hook(lambda module, args: time.sleep(0.02))  # 512 tokens: 10 s or more
     try:
         page.goto(url)
@@ -168,7 +168,7 @@ def test_a_token_id_out_of_range_is_said_in_place(served, page, capfd):
 def test_live_tokenization_follows_every_edit(served, page, tmp_path_factory):
     """Typing, Backspace, Delete, select-all and delete, IME input (insert_text) and a paste each re-tokenize the
     text; an emptied box shows no tokens; the vocabulary search returns to the full list when its query goes."""
-    url, _model = served
+    url = served[0]
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     page.goto(url)
     page.get_by_role("tab", name="Tokenizer").click()
@@ -359,3 +359,93 @@ def test_train_tab_upload_start_watch_open_in_chromium(studio_served, page, tmp_
     page.get_by_role("tab", name="Train").click()
     page.locator("#run-status").get_by_text("finished").wait_for(timeout=30_000)
     assert "notes-" in page.locator("#runs input").input_value()
+
+
+# --- issue 15: each view reads at a glance ------------------------------------------------------------------
+
+
+def _more_tabs(page, tab: str) -> None:
+    """A phone shows the first tabs and the rest behind a button."""
+    if page.get_by_role("tab", name=tab).is_visible():
+        page.get_by_role("tab", name=tab).click()
+    else:
+        page.get_by_role("button", name="More tabs").click()
+        page.locator(".overflow-dropdown").get_by_role("button", name=tab, exact=True).click()
+
+
+@pytest.mark.parametrize("width, height", [(1280, 900), (390, 844)])
+def test_the_tokens_tab_reads_as_text(served, page, width, height):
+    """512 generated tokens: the text with no badge on its tokens, each token's probability on hover, a legend,
+    the alternatives with bars; the view keeps to the screen's height on a phone too (no 3,000-pixel wall)."""
+    page.set_viewport_size({"width": width, "height": height})
+    _screenshot_module().generate_in_page(page, served[0], "KING:", max_new_tokens=512, seed=5)
+    _more_tabs(page, "Tokens")
+    view = page.locator("#token-view")
+    view.locator(".t").nth(500).wait_for(timeout=30_000)
+    drawn = view.locator(".t").evaluate_all("ts => ts.reduce((n, t) => n + +(t.dataset.n || 1), 0)")
+    assert drawn == len(served[2].encode("KING:")) + 512  # every token once, no more
+    assert view.locator(".t *:not(.ws):not(wbr)").count() == 0  # the tokens hold their text only: no badge, no label
+    assert "probability" in view.locator(".t").nth(300).get_attribute("title")
+    assert view.get_by_text("log scale").is_visible()
+    assert view.evaluate("v => v.getBoundingClientRect().height") < 0.8 * height + 120
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    view.locator(".t").nth(20).click()
+    page.locator("#alternatives .bar").nth(9).wait_for(timeout=30_000)
+    assert page.locator("#alternatives").get_by_text("◀ this token").count() == 1
+
+
+def test_byte_tokens_of_one_character_show_it(served, page):
+    """In the Tokenizer tab, é and 🍞 (byte tokens in the test's vocabulary) are drawn as their characters, with
+    their bytes on hover; each of their ids can still be clicked for its merge tree."""
+    page.goto(served[0])
+    page.get_by_role("tab", name="Tokenizer").click()
+    page.get_by_label(TEXT).fill("é🍞")
+    group = page.locator("#tokenizer-tokens .t[data-n]")
+    group.first.wait_for(timeout=30_000)
+    assert page.locator("#tokenizer-tokens").evaluate(SHOWN_TEXT) == "é🍞"
+    assert "bytes C3 A9" in group.first.get_attribute("title")
+    group.nth(1).locator("b").nth(2).click()  # 🍞's third byte, 0x8D
+    page.get_by_text("141  '<0x8D>'").wait_for(timeout=30_000)
+    assert page.get_by_label("Token id").input_value() == "141"
+
+
+def test_a_vocabulary_row_shows_its_merge_tree(served, page):
+    page.goto(served[0])
+    page.get_by_role("tab", name="Tokenizer").click()
+    token_id = page.locator("#vocab [data-testid=cell-3-0]").inner_text().strip()
+    page.locator("#vocab [data-testid=cell-3-1]").click()
+    page.get_by_text(re.compile(rf"^{token_id}  '.*merge \d+ of")).first.wait_for(timeout=30_000)
+    assert page.get_by_label("Token id").input_value() == token_id
+
+
+def test_model_tab_every_head_and_the_last_generation(served, page):
+    """Every head of a layer as a small picture (a click shows it large), the attention of the last generation's
+    end, and the config and the summary in words."""
+    _screenshot_module().generate_in_page(page, served[0], "KING:", max_new_tokens=60, seed=2)
+    output = page.locator("#output textarea").input_value()
+    page.get_by_role("tab", name="Model").click()
+    heads = page.locator("#attention figure")
+    heads.first.wait_for(timeout=30_000)
+    n_head = served[1].config.n_head
+    assert heads.count() == n_head + 1
+    heads.nth(1).click()
+    page.locator("#attention caption").get_by_text("head 1").wait_for(timeout=30_000)
+    page.get_by_role("button", name="On the last generation").click()
+    box = page.get_by_label(re.compile("Short text"))
+    deadline = time.time() + 30
+    while time.time() < deadline and box.input_value() == app.ATTENTION_TEXT:
+        page.wait_for_timeout(100)
+    assert output.endswith(box.input_value()) and len(box.input_value()) > 10
+    assert page.locator("#model-config").get_by_text("how many numbers stand for each token").is_visible()
+
+
+def test_on_a_phone_every_tab_fits_and_the_settings_come_before_the_output(served, page):
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(served[0])
+    page.get_by_label("Seed").wait_for(state="hidden", timeout=10_000)  # the settings start folded
+    top = lambda sel: page.locator(sel).evaluate("e => e.getBoundingClientRect().top")  # noqa: E731
+    assert top("#sampling") < top("#output") and top("#sampling") < 844 + 200
+    for tab in ("Generate", "Tokens", "Tokenizer", "Model", "Train"):
+        _more_tabs(page, tab)
+        page.wait_for_timeout(800)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, tab
