@@ -25,13 +25,14 @@ from collections.abc import Callable
 import gradio as gr
 import torch
 
-from llm import attention, studio, tokenview, viz, worker
+from llm import attention, public, studio, tokenview, viz, worker
 from llm.checkpoint import CheckpointError
 from llm.cli import ArgumentParser
 from llm.hub import ENV_CHECKPOINT
 from llm.sample import KNOBS, Knob
 from playground import (BUNDLED, BUNDLED_KEY, DEFAULTS, FIRST, GENERATE_SIGNATURE, SEED, SETTINGS,  # noqa: F401
-                        Halts, Limits, Models, Playground, fail, find_checkpoint, load_playground, run_metrics)
+                        Halts, Limits, Models, Playground, RUN_KEY, fail, find_checkpoint, load_playground,
+                        run_metrics)
 from train_tab import Studio, StudioSettings, curve_svg, train_tab
 
 # ZeroGPU runs a decorated function in a forked worker and pickles its arguments and results, so it wraps the
@@ -55,6 +56,16 @@ FOLD_ON_PHONE = """() => { if (innerWidth < 640) {
 } }"""
 SHOW_OUTPUT = """() => { const o = document.getElementById('output');
     if (o && o.getBoundingClientRect().top > innerHeight - 120) o.scrollIntoView({block: 'start', behavior: 'smooth'});
+}"""
+# this browser's key to the runs it starts: random, kept in its storage (a reload keeps it; another browser has
+# its own); a public studio shows a visitor only the runs made with theirs
+VISITOR_KEY = """() => {
+    let v = localStorage.getItem('scratchgpt-visitor');
+    if (!v || !/^[0-9a-f]{48}$/.test(v)) {
+        v = Array.from(crypto.getRandomValues(new Uint8Array(24)), (b) => b.toString(16).padStart(2, '0')).join('');
+        localStorage.setItem('scratchgpt-visitor', v);
+    }
+    return v;
 }"""
 POLL = {"show_progress": "hidden", "concurrency_limit": None, **PRIVATE}  # a timer's refresh: never queued behind work
 
@@ -348,17 +359,29 @@ def config_label(pg: Playground) -> str:
 # the page
 
 
-def model_choices(models: Models, st: Studio) -> list[tuple[str, str]]:
-    """The selector's entries: the model opened first, the bundled one, and every run with a saved best/."""
+def model_choices(models: Models, st: Studio, visitor: str = "") -> list[tuple[str, str]]:
+    """The selector's entries: the model opened first, the bundled one, and every run with a saved best/ (in a
+    public studio: the visitor's own runs and the runs no visitor started, the Space owner's)."""
     first = models.first
     choices = [(f"{first.name} (opened at start)", FIRST)]
     opened = first.path.resolve() if first.path is not None else None
     if opened != BUNDLED.resolve() and (BUNDLED / "config.json").is_file():
         choices.append(("bundled model (assets/model)", BUNDLED_KEY))
     for r in worker.list_runs(st.settings.runs_dir, metrics=False):
-        if r.has_best and opened != (st.settings.runs_dir / r.name / "best").resolve():
+        if r.has_best and opened != (st.settings.runs_dir / r.name / "best").resolve() \
+                and (st.mine(r, visitor) or public.provided(r)):
             choices.append((studio.run_label(r), f"run/{r.name}"))
     return choices
+
+
+def may_open(models: Models, st: Studio, k: str, visitor: str) -> bool:
+    """Whether this visitor may open the model `k`: a run of another visitor's reads as no model at all."""
+    m = RUN_KEY.fullmatch(k or "")
+    if not st.settings.public or not m:
+        return True
+    out = worker.find_run(st.settings.runs_dir, m[1])
+    s = worker.run_status(out, metrics=False) if out is not None else None
+    return s is not None and (st.mine(s, visitor) or public.provided(s))
 
 
 def build_app(model, tokenizer, meta: dict, name: str = "model", metrics: list[dict] | None = None,
@@ -367,35 +390,43 @@ def build_app(model, tokenizer, meta: dict, name: str = "model", metrics: list[d
     """The studio's Blocks, queued; the caller launches it. The model given is the one each session starts on."""
     first = Playground(model, tokenizer, meta, name, metrics, train_config, limits, stream_interval)
     st = Studio(settings or StudioSettings.from_env())
+    public_mode = st.settings.public  # visitors pick no Hub id: the Space's owner chooses the models it holds
     models = Models(first, st.settings.runs_dir, keep=st.settings.max_models, limits=limits,
-                    stream_interval=stream_interval)
+                    stream_interval=stream_interval, allow_hub=not public_mode)
     with gr.Blocks(title="scratchgpt studio", analytics_enabled=False) as demo:  # no calls home
         key = gr.State(FIRST)  # this session's model
+        visitor = gr.Textbox("", visible=False)  # this browser's key to its runs (VISITOR_KEY fills it)
         with gr.Row(equal_height=True):
             header = gr.Markdown(first.header(), elem_id="header")
             selector = gr.Dropdown(model_choices(models, st), value=FIRST, label="Model", allow_custom_value=True,
-                                   info="a run, the bundled model, or a Hub repo id USER/NAME", elem_id="model-select",
-                                   scale=0, min_width=320)
+                                   info="a run or the bundled model" + ("" if public_mode else
+                                                                         ", or a Hub repo id USER/NAME"),
+                                   elem_id="model-select", scale=0, min_width=320)
         run = gr.State(None)  # the Tokens tab's viz.TokenRun
         timer = gr.Timer(2.0)  # the live views' refresh
         with gr.Tabs() as tabs:
             prompt, generate_switched = generate_tab(models, key, run)
             hooks = [generate_switched, tokens_tab(models, key, run, prompt), tokenizer_tab(models, key),
                      model_tab(models, key, timer, header, run)]
-            runs, open_btn, plan, settings_inputs = train_tab(st, timer)
+            runs, open_btn, plan, settings_inputs = train_tab(st, timer, visitor)
 
-        def switch(k):
+        gr.api(st.api_runs, api_name="list_runs")  # (outside the Tabs: an endpoint among them is taken for a tab)
+
+        def switch(k, v):
+            if not may_open(models, st, k, v):
+                raise fail(f"no model {k!r} here: pick one from the list")
             pg = session_model(models, k)
             return k, pg.header()
 
-        switched = selector.change(switch, [selector], [key, header], api_name="switch_model")
+        switched = selector.change(switch, [selector, visitor], [key, header], api_name="switch_model")
         for hook in hooks:
             hook(switched)
-        open_btn.click(lambda name: (gr.update(choices=model_choices(models, st), value=f"run/{name}"),
-                                     gr.Tabs(selected="generate")), [runs], [selector, tabs], **PRIVATE)
-        selector.focus(lambda: gr.update(choices=model_choices(models, st)), None, [selector], **PRIVATE)
+        open_btn.click(lambda name, v: (gr.update(choices=model_choices(models, st, v), value=f"run/{name}"),
+                                        gr.Tabs(selected="generate")), [runs, visitor], [selector, tabs], **PRIVATE)
+        selector.focus(lambda v: gr.update(choices=model_choices(models, st, v)), [visitor], [selector], **PRIVATE)
         demo.load(None, js=FOLD_ON_PHONE)
-        demo.load(lambda: st.runs_update(), None, [runs], **PRIVATE)
+        demo.load(None, None, [visitor], js=VISITOR_KEY, **PRIVATE) \
+            .then(lambda v: st.runs_update(None, key=v), [visitor], [runs], **PRIVATE)
         demo.load(st.plan, settings_inputs, [plan], **PRIVATE)
     return demo.queue(max_size=first.limits.queue_size, default_concurrency_limit=1)
 

@@ -1,67 +1,38 @@
 """The Train tab: bring a text, train a tokenizer and a GPT on it in a worker process, watch it learn.
 
-    StudioSettings.from_env()    where runs live and what a run may take (environment variables, README)
-    Studio                       the tab's handlers: plan, start, stop, resume, poll (plain methods; tests call them)
+    Studio(StudioSettings)       the tab's handlers: plan, start, stop, resume, poll, download, delete, and in a
+                                 public studio the line of waiting runs (plain methods; tests call them)
     train_tab(studio, ...)       the layout and wiring; app.py puts it beside the playground's tabs
 
-Training itself is llm.worker (a process per run, through llm.train as train_cli.py); the words are llm.studio's.
+Training itself is llm.worker (a process per run, through llm.train as train_cli.py); the words and the settings
+(llm.studio.StudioSettings) are llm.studio's; whose run is whose, the line and the caps are llm.public's.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
+import tempfile
 import threading
-from dataclasses import dataclass
+import time
 from pathlib import Path
 
 import gradio as gr
 import torch
 
-from llm import card, studio, viz, worker
+from llm import card, public, studio, viz, worker
+from llm.checkpoint import CONFIG
 from llm.config import SettingError
 from llm.data import BUILTIN_CORPORA, DataError
 from llm.model import GPT, ModelConfig
 from llm.run import TrainConfig
+from llm.studio import StudioSettings
 from playground import fail
 
 SOURCES = ["upload a .txt file", "paste text", *BUILTIN_CORPORA]
 NO_RUN = "Start a run, or pick one above to watch it."
 RESUMABLE = ("stopped", "killed", "failed")  # with a last/ checkpoint
 TIMED_FLOPS = 5e9  # a model whose timing pass costs more is estimated from its FLOPs instead
-
-
-@dataclass
-class StudioSettings:
-    """What the Train tab may do here. From the environment: SCRATCHGPT_RUNS (the runs directory),
-    SCRATCHGPT_MAX_CORPUS_MB, SCRATCHGPT_MAX_TIME_BUDGET (seconds), SCRATCHGPT_TRAIN_THREADS (torch threads of a
-    training worker; the web server keeps the rest), SCRATCHGPT_MAX_RUNS (runs training at once),
-    SCRATCHGPT_MAX_MODELS (models held in memory besides the first)."""
-
-    runs_dir: Path = Path("checkpoints")
-    max_corpus_bytes: int = 20_000_000
-    max_time_budget: float = 3600.0
-    train_threads: int = max((os.cpu_count() or 2) // 2, 1)
-    max_live_runs: int = 1
-    max_models: int = 3
-
-    @classmethod
-    def from_env(cls, runs_dir: str | Path | None = None, train_threads: int | None = None) -> StudioSettings:
-        env, d = os.environ, cls()
-        try:
-            return cls(runs_dir=Path(runs_dir or env.get("SCRATCHGPT_RUNS") or d.runs_dir),
-                       max_corpus_bytes=int(float(env.get("SCRATCHGPT_MAX_CORPUS_MB", d.max_corpus_bytes / 1e6)) * 1e6),
-                       max_time_budget=float(env.get("SCRATCHGPT_MAX_TIME_BUDGET", d.max_time_budget)),
-                       train_threads=int(train_threads or env.get("SCRATCHGPT_TRAIN_THREADS", d.train_threads)),
-                       max_live_runs=int(env.get("SCRATCHGPT_MAX_RUNS", d.max_live_runs)),
-                       max_models=int(env.get("SCRATCHGPT_MAX_MODELS", d.max_models)))
-        except ValueError as e:
-            raise ValueError(f"a SCRATCHGPT_ setting is not a number: {e}") from None
-
-    @property
-    def server_threads(self) -> int:
-        return max((os.cpu_count() or 2) - self.train_threads, 1)
 
 
 class Studio:
@@ -74,7 +45,8 @@ class Studio:
         self.sizes = [s for s in studio.SIZES if self.device == "cuda" or s not in studio.GPU_SIZES]
         self._flops: float | None = None  # training FLOP/s measured here once, for the plans of big models
         self._timed: dict[tuple, float] = {}  # seconds per step, by shape
-        self._lock = threading.Lock()  # one start or resume at a time: two clicks cannot both pass the checks
+        self._lock = threading.RLock()  # one start, resume or launch from the line at a time: two cannot both pass
+        self._keeper: threading.Thread | None = None  # starts waiting runs in their turn (public)
 
     # --- settings and plans
 
@@ -124,13 +96,19 @@ class Studio:
 
     # --- starting and stopping
 
-    def start(self, source: str, upload, pasted: str, *settings):
-        """A new run from the page's text and settings -> its name."""
+    def start(self, source: str, upload, pasted: str, *settings, key: str = ""):
+        """A new run from the page's text and settings -> its name. In a public studio it is the visitor's (`key`),
+        and it waits in line while others train."""
+        owner = self._owner(key)
         model_cfg, cfg = self.configs(*settings)
         self.check_steps(model_cfg, cfg)
         corpus, data, stem = self._corpus(source, upload, pasted, model_cfg.block_size, cfg)
         with self._lock:
-            self._check_room()
+            wait = self.settings.public and (self._live() >= self.settings.max_live_runs
+                                             or bool(public.line(self.settings.runs_dir)))
+            if not self.settings.public:
+                self._check_room()
+            self._make_room()
             out = None
             try:
                 out = worker.new_run(self.settings.runs_dir, stem)
@@ -138,12 +116,18 @@ class Studio:
                     (out / worker.UPLOAD).write_bytes(data)
                     corpus = (str(out / worker.UPLOAD),)
                 cfg = dataclasses.replace(cfg, corpus=corpus, out=str(out))
-                worker.write_job(out, model_cfg, cfg, self.settings.train_threads, source=stem.replace("_", " "))
-                worker.launch(out)
+                worker.write_job(out, model_cfg, cfg, self.settings.train_threads, source=stem.replace("_", " "),
+                                 owner=owner)
+                if wait:
+                    public.enqueue(out)
+                else:
+                    worker.launch(out)
             except (OSError, RuntimeError) as e:  # a full disk, a runs directory that cannot be written
                 if out is not None:
                     shutil.rmtree(out, ignore_errors=True)  # nothing of it trained: no half run left listed
                 raise fail(f"could not start the run: {_reason(e)}") from None
+        if wait:
+            self._keep_line()
         return out.name
 
     def _corpus(self, source: str, upload, pasted: str, block_size: int, cfg: TrainConfig):
@@ -180,68 +164,189 @@ class Studio:
             raise fail(f"{live[0].name} is training already: stop it or wait for it to end"
                        if len(live) == 1 else f"{len(live)} runs are training already: wait for one to end")
 
-    def run_dir(self, name: str) -> Path:
-        """A run's directory from its name, only if the runs directory lists it."""
+    def _live(self) -> int:
+        return sum(r.live for r in worker.list_runs(self.settings.runs_dir))
+
+    def _make_room(self) -> None:
+        """The owner's caps before a new run: the line's length, then the runs kept and their disk, the oldest
+        finished visitor runs removed first; refused in words when the room is not there."""
+        st = self.settings
+        if st.public and len(public.line(st.runs_dir)) >= st.max_waiting:
+            raise fail(f"{st.max_waiting} runs are waiting to train already, the most this server takes: try again "
+                       "later")
+        public.prune(st.runs_dir, st.keep_runs, st.max_runs_bytes)
+        if st.keep_runs is not None and len(worker.list_runs(st.runs_dir)) >= st.keep_runs:
+            raise fail(f"this server keeps {st.keep_runs} runs at most, and none can be removed (each is training, "
+                       "waiting or provided): try again later")
+        if st.max_runs_bytes is not None and (used := public.disk_used(st.runs_dir)) >= st.max_runs_bytes:
+            raise fail(f"the runs here use {card.fmt_bytes(used)}, all this server allows them "
+                       f"({card.fmt_bytes(st.max_runs_bytes)}), and none can be removed: try again later")
+
+    def _owner(self, key) -> str | None:
+        """The visitor's id in a public studio (gr.Error when the page sent no key); None in a private one."""
+        if not self.settings.public:
+            return None
+        oid = public.owner_id(key)
+        if oid is None:
+            raise fail("this page sent no visitor key (the page keeps one in the browser's storage): reload it")
+        return oid
+
+    def mine(self, s: worker.RunStatus, key) -> bool:
+        """Whether this visitor may list, stop, resume, download or delete the run: anyone in a private studio."""
+        return not self.settings.public or public.owns(s, key)
+
+    def run_dir(self, name: str, key: str = "") -> Path:
+        """A run's directory from its name, only if the runs directory lists it and it is this visitor's (a run of
+        another's reads as one that does not exist)."""
         out = worker.find_run(self.settings.runs_dir, name)
-        if out is None:
+        if out is None or not self.mine(worker.run_status(out, metrics=False), key):
             raise fail("pick a run from the list (it may have been deleted)")
         return out
 
-    def stop(self, name: str):
+    # --- the line (a public studio)
+
+    def advance(self) -> list[str]:
+        """Launch waiting runs, oldest first, while fewer than max_live_runs train; the names launched."""
+        launched = []
+        with self._lock:
+            for out, resume in public.line(self.settings.runs_dir):
+                if self._live() >= self.settings.max_live_runs:
+                    break
+                try:
+                    worker.launch(out, resume=resume)
+                    launched.append(out.name)
+                except (OSError, RuntimeError) as e:
+                    (out / worker.QUEUED).unlink(missing_ok=True)
+                    worker.write_json(out / worker.STATUS, {"state": "failed", "message":
+                                                            f"could not start: {_reason(e)}", "time": time.time()})
+        return launched
+
+    def _keep_line(self) -> None:
+        """The thread that starts waiting runs in their turn (one per studio, from the first run that waits)."""
+        with self._lock:
+            if self._keeper is None:
+                self._keeper = threading.Thread(target=self._keep, name="scratchgpt-line", daemon=True)
+                self._keeper.start()
+
+    def _keep(self) -> None:
+        while True:
+            try:
+                self.advance()
+                with self._lock:  # decided under the lock that enqueues: no run can join unseen as it ends
+                    if not public.line(self.settings.runs_dir):
+                        self._keeper = None  # the next run to wait starts a keeper again
+                        return
+            except Exception as e:  # noqa: BLE001 - the line must not stop for good: say it, try again
+                print(f"scratchgpt: the line of runs: {type(e).__name__}: {e}", flush=True)
+            time.sleep(1.0)
+
+    def stop(self, name: str, key: str = ""):
         """-> (the status line, the Stop button: off, so that a second press cannot stop the run unsaved)."""
-        out = self.run_dir(name)
+        out = self.run_dir(name, key)
+        if worker.run_status(out, metrics=False).state == "queued":
+            with self._lock:
+                public.leave(out)
+            return f"**{name}**: left the line before it trained", gr.update(interactive=False)
         if not worker.stop(out):
             raise fail(f"{name} is not training")
         how = "evaluating and saving" if worker.run_status(out).from_page else "saving, as Ctrl-C would"
         return f"**{name}**: stopping: {how}…", gr.update(interactive=False)
 
-    def resume(self, name: str) -> str:
-        out = self.run_dir(name)
+    def resume(self, name: str, key: str = "") -> str:
+        out = self.run_dir(name, key)
         s = worker.run_status(out)
-        if s.live:
-            raise fail(f"{name} is training already")
+        if s.live or s.state == "queued":
+            raise fail(f"{name} is {studio.STATE_WORDS[s.state]} already")
         if not s.has_last:
             raise fail(f"{name} has nothing to resume from: it saved no checkpoint (start a new run)")
         if s.state not in RESUMABLE:
             raise fail(f"{name} is {studio.STATE_WORDS.get(s.state, s.state)}: only a run that stopped resumes")
         with self._lock:
-            self._check_room()
-            try:
-                worker.launch(out, resume=True)
-            except (OSError, RuntimeError) as e:
-                raise fail(f"could not resume {name}: {_reason(e)}") from None
+            if self.settings.public and (self._live() >= self.settings.max_live_runs
+                                         or public.line(self.settings.runs_dir)):
+                public.enqueue(out, resume=True)
+                waiting = True
+            else:
+                self._check_room()
+                waiting = False
+                try:
+                    worker.launch(out, resume=True)
+                except (OSError, RuntimeError) as e:
+                    raise fail(f"could not resume {name}: {_reason(e)}") from None
+        if waiting:
+            self._keep_line()
+            return f"**{name}**: waiting in line to resume"
         return f"**{name}**: resuming from its last save…"
+
+    # --- taking a run away
+
+    def download(self, name: str, key: str = "") -> str:
+        """The run's model, curves and settings as one .zip (a path Gradio serves)."""
+        out = self.run_dir(name, key)
+        if not (out / "best" / CONFIG).is_file():
+            raise fail(f"{name} has no saved model yet: its first evaluation saves one")
+        try:
+            return str(public.archive(out, tempfile.mkdtemp(prefix="scratchgpt-download-")))
+        except OSError as e:
+            raise fail(f"could not pack {name}: {_reason(e)}") from None
+
+    def delete(self, name: str, key: str = "") -> str:
+        """Remove a run that is not training (a waiting one leaves the line); its files are gone for good."""
+        out = self.run_dir(name, key)
+        s = worker.run_status(out, metrics=False)
+        if s.live:
+            raise fail(f"{name} is training: stop it first")
+        with self._lock:
+            if s.state == "queued":
+                public.leave(out)
+            try:
+                shutil.rmtree(out)
+            except OSError as e:
+                raise fail(f"could not delete {name}: {_reason(e)}") from None
+        return f"**{name}** is deleted."
 
     # --- watching
 
-    def runs_update(self, value: str | None = None):
-        runs = worker.list_runs(self.settings.runs_dir)
+    def runs(self, key: str = "") -> list[worker.RunStatus]:
+        """The runs this visitor's list shows, the newest first."""
+        return [r for r in worker.list_runs(self.settings.runs_dir) if self.mine(r, key)]
+
+    def api_runs(self, key: str = "") -> list[dict]:
+        """The runs this visitor may watch: name, state and best bits per byte of each, the newest first."""
+        self._owner(key)
+        return [{"name": r.name, "state": r.state, "best_bits_per_byte": r.best_bits_per_byte} for r in self.runs(key)]
+
+    def runs_update(self, value: str | None = None, key: str = ""):
+        runs = self.runs(key)
         choices = [(studio.run_label(r), r.name) for r in runs]
-        if value is None:  # a page opened afresh: the run in progress, else the newest
+        if value is None or value not in [r.name for r in runs]:  # a page opened afresh, or a run deleted
             value = next((r.name for r in runs if r.live), runs[0].name if runs else None)
         return gr.update(choices=choices, value=value)
 
-    def watch(self, name: str | None, shown: dict):
+    def watch(self, name: str | None, shown: dict, key: str = ""):
         """The timer's refresh: poll's outputs, each skipped when it is what this page shows already (`shown`, a
         session's state, returned updated): a plot redrawn every tick flickers, and a list updated under the
         user's hand closes."""
-        choices = [[studio.run_label(r), r.name] for r in worker.list_runs(self.settings.runs_dir)]
-        status, progress, plot, sample, *buttons = self.poll(name)
+        choices = [[studio.run_label(r), r.name] for r in self.runs(key)]
+        status, progress, plot, sample, *buttons = self.poll(name, key)
         now = {"plot": plot, "sample": (name, sample), "choices": choices}
         keep = {k: shown.get(k) == v for k, v in now.items()}  # the plot's SVG itself: a few KB
         return (status, progress, gr.skip() if keep["plot"] else plot, gr.skip() if keep["sample"] else sample,
                 *buttons, gr.skip() if keep["choices"] else gr.update(choices=choices), now)
 
-    def poll(self, name: str | None):
-        """(status line, progress bar, loss plot, sample, Stop, Resume, Open) for the run being watched."""
+    def poll(self, name: str | None, key: str = ""):
+        """(status line, progress bar, loss plot, sample, Stop, Resume, Open, Download, Delete) for the run being
+        watched."""
         if not name:
             return NO_RUN, "", curve_svg([]), "", *_buttons(None)
         out = worker.find_run(self.settings.runs_dir, name)
-        if out is None:
+        s = worker.run_status(out) if out is not None else None
+        if s is None or not self.mine(s, key):
             return f"**{viz.escape_markdown(name)}** is gone (deleted?): pick another run", "", curve_svg([]), "", \
                 *_buttons(None)
-        s = worker.run_status(out)
-        return (studio.status_markdown(s), studio.progress_html(s), curve_svg(s.rows), s.sample, *_buttons(s))
+        where = public.place(self.settings.runs_dir, name) if s.state == "queued" else None
+        return (studio.status_markdown(s, where), studio.progress_html(s), curve_svg(s.rows), s.sample,
+                *_buttons(s))
 
 
 def _reason(e: BaseException) -> str:
@@ -262,10 +367,13 @@ def curve_svg(rows: list[dict], title: str = "Loss (live)") -> str:
 
 
 def _buttons(s: worker.RunStatus | None) -> tuple:
+    """Stop, Resume, Open, Download, Delete: on where they would do something."""
     live = bool(s and s.live)
-    return (gr.update(interactive=live and not s.stopping),
+    queued = bool(s and s.state == "queued")
+    return (gr.update(interactive=live and not s.stopping or queued),
             gr.update(interactive=bool(s and not live and s.has_last and s.state in RESUMABLE)),
-            gr.update(interactive=bool(s and s.has_best)))
+            gr.update(interactive=bool(s and s.has_best)), gr.update(interactive=bool(s and s.has_best)),
+            gr.update(interactive=bool(s and not live)))
 
 
 # -----------------------------------------------------------------------------
@@ -284,61 +392,103 @@ def setting(name: str, value, **kw):
     return gr.Number(value, label=label, info=info, precision=None, step=1, **kw)
 
 
-def train_tab(st: Studio, timer: gr.Timer) -> tuple[gr.Dropdown, gr.Button, gr.Markdown, list]:
-    """The tab. Returns what app.py wires to the rest of the page: the runs list, the Open button (it opens the
-    run in the other tabs), and the plan with the settings it is made from (filled when the page loads)."""
+PUBLIC_NOTE = ("**This server's disk is temporary**: runs are lost when it restarts, and the oldest finished runs "
+               "are removed when room is needed. To keep a run, download it (a .zip with the model) or push it to "
+               "the Hub. You see only the runs started from this browser.")
+
+
+def keyed(fn):
+    """fn for an event whose last input is the visitor's key (the page's hidden box): fn(*inputs, key=key)."""
+    def handler(*args):
+        return fn(*args[:-1], key=args[-1])
+    handler.__name__ = fn.__name__
+    return handler
+
+
+def run_form(st: Studio) -> tuple:
+    """The left column: the text, the size and the settings, the plan, Start. Returns (source, upload, pasted,
+    settings, plan, start)."""
     cap, sizes = st.settings.max_corpus_bytes, st.sizes
     defaults = studio.size_settings("tiny")
+    source = gr.Radio(SOURCES, value=SOURCES[0], label="Text to learn from")
+    upload = gr.File(label=f"A .txt file (UTF-8, up to {card.fmt_bytes(cap)})", file_types=[".txt"],
+                     type="filepath", elem_id="corpus-upload")
+    pasted = gr.Textbox(label=f"Text (up to {card.fmt_bytes(cap)})", lines=6, visible=False, max_length=cap,
+                        elem_id="corpus-paste")
+    size = gr.Radio(sizes, value="tiny", label=studio.FIELDS["size"][0],
+                    info=" · ".join(f"{s}: {studio.SIZES[s][1]}" for s in sizes))
+    tokenizer = gr.Radio([("BPE", "bpe"), ("characters", "char")], value="bpe", label=studio.FIELDS["tokenizer"][0],
+                         info=studio.FIELDS["tokenizer"][1])
+    vocab = gr.Slider(257, 8192, defaults["vocab_size"], step=1, label=studio.FIELDS["vocab_size"][0],
+                      info=studio.FIELDS["vocab_size"][1])
+    budget = gr.Slider(10, st.settings.max_time_budget, min(120, st.settings.max_time_budget), step=10,
+                       label=studio.FIELDS["time_budget"][0], info=studio.FIELDS["time_budget"][1])
+    with gr.Accordion("Advanced", open=False):
+        advanced = [setting(n, defaults[n]) for n in studio.ADVANCED]
+    plan = gr.Markdown(elem_id="run-plan")
+    start = gr.Button("Start training", variant="primary")
+    settings = [size, tokenizer, vocab, budget, *advanced]
+    source.change(lambda s: (gr.update(visible=s == SOURCES[0]), gr.update(visible=s == SOURCES[1])), [source],
+                  [upload, pasted], queue=False, **PRIVATE)
+    size.change(lambda s: [gr.update(value=v) for v in _size_values(s)], [size], [vocab, *advanced], **PRIVATE)
+    for c in settings:
+        c.change(st.plan, settings, [plan], trigger_mode="always_last", show_progress="hidden", **PRIVATE)
+    return source, upload, pasted, settings, plan, start
+
+
+def train_tab(st: Studio, timer: gr.Timer, visitor: gr.Textbox) -> tuple[gr.Dropdown, gr.Button, gr.Markdown, list]:
+    """The tab. Returns what app.py wires to the rest of the page: the runs list, the Open button (it opens the
+    run in the other tabs), and the plan with the settings it is made from (filled when the page loads). Every
+    handler gets the visitor's key (`visitor`, filled from the browser's storage) last."""
     with gr.Tab("Train", id="train"):
         gr.Markdown("Train a tokenizer and a GPT on your own text. Training runs in its own process: close the page "
-                    "and it goes on; come back to watch it or to open the model in the other tabs.")
+                    "and it goes on; come back to watch it or to open the model in the other tabs."
+                    + ("\n\n" + PUBLIC_NOTE if st.settings.public else ""), elem_id="train-intro")
         with gr.Row():
             with gr.Column(scale=2):
-                source = gr.Radio(SOURCES, value=SOURCES[0], label="Text to learn from")
-                upload = gr.File(label=f"A .txt file (UTF-8, up to {card.fmt_bytes(cap)})", file_types=[".txt"],
-                                 type="filepath", elem_id="corpus-upload")
-                pasted = gr.Textbox(label=f"Text (up to {card.fmt_bytes(cap)})", lines=6, visible=False,
-                                    max_length=cap, elem_id="corpus-paste")
-                size = gr.Radio(sizes, value="tiny", label=studio.FIELDS["size"][0],
-                                info=" · ".join(f"{s}: {studio.SIZES[s][1]}" for s in sizes))
-                tokenizer = gr.Radio([("BPE", "bpe"), ("characters", "char")], value="bpe",
-                                     label=studio.FIELDS["tokenizer"][0], info=studio.FIELDS["tokenizer"][1])
-                vocab = gr.Slider(257, 8192, defaults["vocab_size"], step=1, label=studio.FIELDS["vocab_size"][0],
-                                  info=studio.FIELDS["vocab_size"][1])
-                budget = gr.Slider(10, st.settings.max_time_budget, min(120, st.settings.max_time_budget), step=10,
-                                   label=studio.FIELDS["time_budget"][0], info=studio.FIELDS["time_budget"][1])
-                with gr.Accordion("Advanced", open=False):
-                    advanced = [setting(n, defaults[n]) for n in studio.ADVANCED]
-                plan = gr.Markdown(elem_id="run-plan")
-                start = gr.Button("Start training", variant="primary")
+                source, upload, pasted, settings, plan, start = run_form(st)
             with gr.Column(scale=3):
                 # custom values: the list is filled per page, and the handlers check every name against the runs
-                runs = gr.Dropdown([], label="Runs (page and command line)", allow_custom_value=True, elem_id="runs")
+                runs = gr.Dropdown([], label="Your runs" if st.settings.public else "Runs (page and command line)",
+                                   allow_custom_value=True, elem_id="runs")
                 status = gr.Markdown(NO_RUN, elem_id="run-status")
                 progress = gr.HTML(elem_id="run-progress")
                 with gr.Row():
                     stop = gr.Button("Stop", variant="stop", interactive=False)
                     resume = gr.Button("Resume", interactive=False)
                     open_btn = gr.Button("Open in the playground", variant="primary", interactive=False)
+                with gr.Row():
+                    download = gr.Button("Download (.zip)", interactive=False, size="sm")
+                    delete = gr.Button("Delete…", interactive=False, size="sm")
+                with gr.Row(visible=False) as confirm:
+                    sure = gr.Markdown(elem_id="delete-question")
+                    yes = gr.Button("Delete for good", variant="stop", size="sm")
+                    no = gr.Button("Keep it", size="sm")
+                archive = gr.File(label="The run as a .zip: its model (best/), curves and settings", visible=False,
+                                  elem_id="run-archive")
                 plot = gr.HTML(curve_svg([]), elem_id="run-plot")
                 sample = gr.Textbox(label="Sample at the latest evaluation", lines=4, interactive=False,
                                     elem_id="run-sample")
                 shown = gr.State({})  # what the timer last sent this page (Studio.watch); a State in Tabs is a tab
-    settings = [size, tokenizer, vocab, budget, *advanced]
-    watch = [status, progress, plot, sample, stop, resume, open_btn]
-    source.change(lambda s: (gr.update(visible=s == SOURCES[0]), gr.update(visible=s == SOURCES[1])), [source],
-                  [upload, pasted], queue=False, **PRIVATE)
-    size.change(lambda s: [gr.update(value=v) for v in _size_values(s)], [size], [vocab, *advanced], **PRIVATE)
-    for c in settings:
-        c.change(st.plan, settings, [plan], trigger_mode="always_last", show_progress="hidden", **PRIVATE)
+    watch = [status, progress, plot, sample, stop, resume, open_btn, download, delete]
     # the new run's name (what the API returns) into the list, then the list with its entry
-    start.click(st.start, [source, upload, pasted, *settings], [runs], api_name="start_training") \
-        .success(st.runs_update, [runs], [runs], **PRIVATE)
-    stop.click(st.stop, [runs], [status, stop], api_name="stop_training")
-    resume.click(st.resume, [runs], [status], api_name="resume_training")
-    runs.change(st.poll, [runs], watch, show_progress="hidden", api_name="run_status")
-    timer.tick(st.watch, [runs, shown], [*watch, runs, shown], show_progress="hidden", concurrency_limit=None,
-               **PRIVATE)
+    start.click(keyed(st.start), [source, upload, pasted, *settings, visitor], [runs], api_name="start_training") \
+        .success(keyed(st.runs_update), [runs, visitor], [runs], **PRIVATE)
+    stop.click(keyed(st.stop), [runs, visitor], [status, stop], api_name="stop_training")
+    resume.click(keyed(st.resume), [runs, visitor], [status], api_name="resume_training")
+    runs.change(keyed(st.poll), [runs, visitor], watch, show_progress="hidden", api_name="run_status")
+    runs.change(lambda: (gr.update(visible=False), gr.update(visible=False, value=None)), None, [confirm, archive],
+                queue=False, **PRIVATE)
+    timer.tick(keyed(st.watch), [runs, shown, visitor], [*watch, runs, shown], show_progress="hidden",
+               concurrency_limit=None, **PRIVATE)
+    download.click(keyed(st.download), [runs, visitor], [archive], api_name="download_run") \
+        .success(lambda: gr.update(visible=True), None, [archive], queue=False, **PRIVATE)
+    delete.click(lambda name: (gr.update(visible=True), f"Delete **{viz.escape_markdown(name or '')}** and all its "
+                               "files? This cannot be undone."), [runs], [confirm, sure], queue=False, **PRIVATE)
+    no.click(lambda: gr.update(visible=False), None, [confirm], queue=False, **PRIVATE)
+    yes.click(keyed(st.delete), [runs, visitor], [status], api_name="delete_run") \
+        .then(lambda: gr.update(visible=False), None, [confirm], queue=False, **PRIVATE) \
+        .success(keyed(st.runs_update), [runs, visitor], [runs], **PRIVATE)
     return runs, open_btn, plan, settings
 
 

@@ -6,6 +6,7 @@
     say(error)                     an error of llm/ with settings named by their labels, not their fields
     plan_markdown, run_label, progress_html, status_markdown
                                    what the run will be, and what it is doing
+    StudioSettings.from_env()      where runs live and what a run may take on this server (environment variables)
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from __future__ import annotations
 import dataclasses
 import html
 import math
+import os
 import re
+from dataclasses import dataclass
+from pathlib import Path
 
 from llm.card import fmt_bytes, fmt_duration
 from llm.config import FIELD, FieldNames, SettingError, from_dict
@@ -161,7 +165,7 @@ def plan_markdown(plan: Plan, cfg: TrainConfig, device: str) -> str:
     return "This run: " + " · ".join(parts)
 
 
-STATE_WORDS = {"starting": "starting", "running": "training", "finished": "finished", "stopped": "stopped",
+STATE_WORDS = {"queued": "waiting in line", "starting": "starting", "running": "training", "finished": "finished", "stopped": "stopped",
                "failed": "failed", "killed": "stopped unexpectedly", "empty": "no checkpoints", "gone": "deleted"}
 
 
@@ -191,9 +195,13 @@ def progress_html(s: RunStatus) -> str:
             f'style="margin-top:4px">{label}</div>')
 
 
-def status_markdown(s: RunStatus) -> str:
-    """The run's state in a sentence, with its latest bits per byte and what it says of itself."""
+def status_markdown(s: RunStatus, place: int | None = None) -> str:
+    """The run's state in a sentence, with its latest bits per byte and what it says of itself; a run waiting in
+    line, its place there."""
     line = f"**{s.name}**: {STATE_WORDS.get(s.state, s.state)}"
+    if place is not None:
+        line += (f", place {place} ({place - 1} ahead of it)" if place > 1
+                 else ", next: it starts as soon as a run training now ends")
     if s.stopping:
         line += " (stopping: " + ("evaluating and saving)" if s.from_page else "saving)")
     elif s.state == "starting" and not s.step:
@@ -205,3 +213,51 @@ def status_markdown(s: RunStatus) -> str:
     if s.message:
         line += f"  \n{html.escape(words(s.message))}"
     return line
+
+
+# -----------------------------------------------------------------------------
+# what the studio may do on this server
+
+@dataclass
+class StudioSettings:
+    """What the Train tab may do here. From the environment: SCRATCHGPT_RUNS (the runs directory),
+    SCRATCHGPT_MAX_CORPUS_MB, SCRATCHGPT_MAX_TIME_BUDGET (seconds), SCRATCHGPT_TRAIN_THREADS (torch threads of a
+    training worker; the web server keeps the rest), SCRATCHGPT_MAX_RUNS (runs training at once),
+    SCRATCHGPT_MAX_MODELS (models held in memory besides the first), and for a public studio (README, "A public
+    Space") SCRATCHGPT_PUBLIC (on by itself on a Hugging Face Space, which sets SPACE_ID), SCRATCHGPT_KEEP_RUNS,
+    SCRATCHGPT_MAX_RUNS_GB and SCRATCHGPT_MAX_WAITING."""
+
+    runs_dir: Path = Path("checkpoints")
+    max_corpus_bytes: int = 20_000_000
+    max_time_budget: float = 3600.0
+    train_threads: int = max((os.cpu_count() or 2) // 2, 1)
+    max_live_runs: int = 1
+    max_models: int = 3
+    public: bool = False  # visitors see their own runs only; a run started while others train waits in line
+    keep_runs: int | None = None  # runs kept; the oldest finished visitor runs are removed first
+    max_runs_bytes: int | None = None  # disk the runs may use
+    max_waiting: int = 20  # runs waiting in line at most (public)
+
+    @classmethod
+    def from_env(cls, runs_dir: str | Path | None = None, train_threads: int | None = None) -> StudioSettings:
+        env, d = os.environ, cls()
+        flag = env.get("SCRATCHGPT_PUBLIC", "").strip().lower()
+        public = flag in ("1", "true", "yes", "on") or bool(env.get("SPACE_ID")) and flag not in ("0", "false", "no",
+                                                                                                   "off")
+        try:
+            gb = env.get("SCRATCHGPT_MAX_RUNS_GB", "10" if public else "")
+            keep = env.get("SCRATCHGPT_KEEP_RUNS", "50" if public else "")
+            return cls(runs_dir=Path(runs_dir or env.get("SCRATCHGPT_RUNS") or d.runs_dir),
+                       max_corpus_bytes=int(float(env.get("SCRATCHGPT_MAX_CORPUS_MB", d.max_corpus_bytes / 1e6)) * 1e6),
+                       max_time_budget=float(env.get("SCRATCHGPT_MAX_TIME_BUDGET", d.max_time_budget)),
+                       train_threads=int(train_threads or env.get("SCRATCHGPT_TRAIN_THREADS", d.train_threads)),
+                       max_live_runs=int(env.get("SCRATCHGPT_MAX_RUNS", d.max_live_runs)),
+                       max_models=int(env.get("SCRATCHGPT_MAX_MODELS", d.max_models)), public=public,
+                       keep_runs=int(keep) if keep else None, max_runs_bytes=int(float(gb) * 1e9) if gb else None,
+                       max_waiting=int(env.get("SCRATCHGPT_MAX_WAITING", d.max_waiting)))
+        except ValueError as e:
+            raise ValueError(f"a SCRATCHGPT_ setting is not a number: {e}") from None
+
+    @property
+    def server_threads(self) -> int:
+        return max((os.cpu_count() or 2) - self.train_threads, 1)

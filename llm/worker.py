@@ -41,6 +41,7 @@ from llm.run import TrainConfig, TrainingError
 from llm.train import train
 
 JOB, STATUS, LOG, UPLOAD, WORKER_LOCK = "job.json", "status.json", "worker.log", "corpus.txt", ".worker"
+QUEUED = "queued.json"  # a run waiting in line for a free place to train (llm.public): when it joined
 ROOT = Path(__file__).resolve().parent.parent  # the worker runs `-m llm.worker` from here
 _children: list[subprocess.Popen] = []  # workers this process started, reaped as they end
 
@@ -60,13 +61,14 @@ def new_run(runs_dir: str | Path, stem: str) -> Path:
     return out
 
 
-def write_job(out: Path, model_cfg: ModelConfig, cfg: TrainConfig, threads: int = 1, source: str = "") -> None:
-    """OUT/job.json: the run's settings (corpus paths relative to OUT), the worker's thread count, and where the
-    text came from in words."""
+def write_job(out: Path, model_cfg: ModelConfig, cfg: TrainConfig, threads: int = 1, source: str = "",
+              owner: str | None = None) -> None:
+    """OUT/job.json: the run's settings (corpus paths relative to OUT), the worker's thread count, where the text
+    came from in words, and in a public studio who started it (llm.public.owner_id)."""
     train_d = {**to_dict(cfg), "corpus": corpus_from(out, cfg.corpus), "out": ""}
     job = {"model": to_dict(model_cfg), "train": train_d, "threads": threads, "source": source,
-           "created": time.time()}
-    _write_json(out / JOB, job)
+           "created": time.time(), **({"owner": owner} if owner else {})}
+    write_json(out / JOB, job)
 
 
 def launch(out: Path, resume: bool = False) -> subprocess.Popen:
@@ -75,11 +77,12 @@ def launch(out: Path, resume: bool = False) -> subprocess.Popen:
     is starting while that lock is held and no training holds OUT/.lock, whatever process ids say."""
     _reap()
     python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    threads = int(_read_json(out / JOB).get("threads", 1))
+    threads = int(read_json(out / JOB).get("threads", 1))
     env = {**os.environ, "PYTHONPATH": python_path, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
     fd = _lock_worker(out)
     try:
-        _write_json(out / STATUS, {"state": "started", "time": time.time(), "resume": resume})
+        write_json(out / STATUS, {"state": "started", "time": time.time(), "resume": resume})
+        (out / QUEUED).unlink(missing_ok=True)  # its turn came
         with open(out / LOG, "a", encoding="utf-8") as log:
             args = [sys.executable, "-m", "llm.worker", str(out.resolve())] + (["--resume"] if resume else [])
             p = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -113,7 +116,7 @@ def _lock_worker(out: Path) -> int | None:
 def stop(out: Path) -> bool:
     """Ask OUT's worker (or a train_cli.py run) to stop: one SIGTERM, as one Ctrl-C (a second would stop it at
     once, unsaved), so a stop already asked for is not asked again. False when nothing runs there."""
-    status = _read_json(out / STATUS)
+    status = read_json(out / STATUS)
     if is_running(out):  # training: the lock's holder
         pid = lock_pid(out)
     elif _state(out, status) == "starting":  # before training: the worker's own process
@@ -122,7 +125,7 @@ def stop(out: Path) -> bool:
         return False
     if pid and status.get("stop_requested") == pid:
         return True
-    _write_json(out / STATUS, {**status, "stop_requested": pid or True})  # a worker starting up reads it too
+    write_json(out / STATUS, {**status, "stop_requested": pid or True})  # a worker starting up reads it too
     try:
         if pid:
             os.kill(int(pid), signal.SIGTERM)
@@ -153,13 +156,14 @@ def _alive(pid) -> bool:
 
 @dataclass
 class RunStatus:
-    """One run as the page shows it. state: starting | running | finished | stopped | failed | killed | empty |
-    gone (deleted)."""
+    """One run as the page shows it. state: queued | starting | running | finished | stopped | failed | killed |
+    empty | gone (deleted)."""
 
     name: str
     state: str
     message: str = ""
     from_page: bool = False  # started in the page (job.json), not by train_cli.py
+    owner: str | None = None  # the visitor who started it (llm.public.owner_id), in a public studio
     stopping: bool = False  # live, and asked to stop
     step: int = 0
     max_steps: int = 0
@@ -199,8 +203,9 @@ def run_status(out: Path, metrics: bool = True) -> RunStatus:
     _reap()
     if not out.is_dir():
         return RunStatus(out.name, "gone", message="its directory was deleted")
-    job, status = _read_json(out / JOB), _read_json(out / STATUS)
-    s = RunStatus(out.name, _state(out, status), from_page=bool(job))
+    job, status = read_json(out / JOB), read_json(out / STATUS)
+    s = RunStatus(out.name, _state(out, status), from_page=bool(job),
+                  owner=job.get("owner") if isinstance(job.get("owner"), str) else None)
     s.message = str(status.get("message", "stopped before the first training step" if s.state == "stopped" else ""))
     s.stopping = s.live and bool(status.get("stop_requested"))
     s.has_best, s.has_last = (out / "best" / CONFIG).is_file(), (out / "last" / CONFIG).is_file()
@@ -208,7 +213,7 @@ def run_status(out: Path, metrics: bool = True) -> RunStatus:
     s.rows = read_metrics(out) if metrics and (out / METRICS).is_file() else []
     _metrics_into(s)
     if not metrics and s.has_last:  # where the run was at its last save, for its progress
-        last = _read_json(out / "last" / "meta.json")
+        last = read_json(out / "last" / "meta.json")
         s.step, s.train_time = int(_num(last, "step")), float(_num(last, "train_time"))
     if s.state == "finished" and not status.get("state") and s.progress() < 1:
         s.state = "stopped"  # a train_cli.py run that ended before its limit: Ctrl-C, or killed
@@ -236,6 +241,8 @@ def _state(out: Path, status: dict) -> str:
     if is_running(out):
         return "running"
     said = status.get("state")
+    if (out / QUEUED).is_file() and said != "started":
+        return "queued"
     if said == "started":
         if is_running(out, WORKER_LOCK) or _no_locks() and _alive(status.get("pid")):
             return "starting"
@@ -377,11 +384,11 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):  # until the loop installs its own graceful stop
         signal.signal(sig, _stop_now)
     try:
-        status = _read_json(out / STATUS)
+        status = read_json(out / STATUS)
         if status.get("stop_requested"):  # Stop pressed while this process was starting up
             raise Stopped
-        _write_json(out / STATUS, {**status, "state": "started", "pid": os.getpid()})
-        summary = _train(out, _read_json(out / JOB), args.resume)
+        write_json(out / STATUS, {**status, "state": "started", "pid": os.getpid()})
+        summary = _train(out, read_json(out / JOB), args.resume)
     except Stopped:
         saved = (out / "last" / CONFIG).is_file()
         return _ended(out, "stopped", "stopped" if saved else "stopped before the first training step")
@@ -418,11 +425,11 @@ def _ended(out: Path, state: str, message: str, code: int = 0) -> int:
     print(f"{state}: {message}", flush=True)
     for where in (str(out.resolve()), str(out)):  # the page names runs, never this machine's paths
         message = message.replace(where + os.sep, "").replace(where, out.name)
-    _write_json(out / STATUS, {"state": state, "message": message, "time": time.time()})
+    write_json(out / STATUS, {"state": state, "message": message, "time": time.time()})
     return code
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -430,7 +437,7 @@ def _read_json(path: Path) -> dict:
     return d if isinstance(d, dict) else {}
 
 
-def _write_json(path: Path, obj: dict) -> None:
+def write_json(path: Path, obj: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1), encoding="utf-8")
     os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one

@@ -20,7 +20,7 @@ LAYERS = [
     ["llm.run"],
     ["llm.train"],
     ["llm.viz", "llm.attention", "llm.card", "llm.worker"],
-    ["llm.hub", "llm.studio", "llm.tokenview"],
+    ["llm.hub", "llm.studio", "llm.tokenview", "llm.public"],
     ["llm"],  # the package's face: llm.load_checkpoint delegates Hub ids to llm.hub
     ["llm.generate", "playground", "train_cli"],
     ["train_tab"],

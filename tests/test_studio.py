@@ -160,7 +160,7 @@ def test_stop_then_resume_ends_bit_identical_to_one_piece(tmp_path):
 def test_a_killed_worker_is_marked_stopped_and_resumes(tmp_path):
     out = start_job(tmp_path / "runs", "killed", make_text(400), max_steps=100000)
     s = wait_for(out, lambda s: s.has_last and s.state == "running")
-    os.kill(worker._read_json(out / worker.STATUS)["pid"], signal.SIGKILL)
+    os.kill(worker.read_json(out / worker.STATUS)["pid"], signal.SIGKILL)
     s = wait_for(out, lambda s: not s.live, timeout=30)
     assert s.state == "killed" and "stopped unexpectedly" in studio.run_label(s) and "resume" in s.message
     assert worker.stop(out) is False  # nothing runs there
@@ -185,7 +185,7 @@ def test_a_dead_worker_is_not_taken_for_a_live_one(tmp_path):
     out = tmp_path / "runs" / "stale"
     out.mkdir(parents=True)
     (out / worker.JOB).write_text("{}")
-    worker._write_json(out / worker.STATUS, {"state": "started", "pid": os.getpid()})
+    worker.write_json(out / worker.STATUS, {"state": "started", "pid": os.getpid()})
     s = worker.run_status(out)
     assert s.state == "killed" and not s.live
     assert worker.stop(out) is False  # and this test process is still here
@@ -195,7 +195,7 @@ def test_a_failed_run_with_a_save_resumes(tmp_path):
     st = Studio(StudioSettings(runs_dir=tmp_path / "runs"))
     out = start_job(tmp_path / "runs", "failing", make_text(400), max_steps=60)
     assert wait_for(out, lambda s: not s.live).state == "finished"
-    worker._write_json(out / worker.STATUS, {"state": "failed", "message": "out of memory"})
+    worker.write_json(out / worker.STATUS, {"state": "failed", "message": "out of memory"})
     assert "resuming" in st.resume(out.name)
     assert wait_for(out, lambda s: not s.live).state == "finished"
 
@@ -260,8 +260,9 @@ def test_start_twice_stop_and_names_only(st, tmp_path):
     line, stop_button = Studio(st.settings).stop(name)  # a restarted server finds the run and stops it
     assert "stopping" in line and stop_button["interactive"] is False
     wait_for(tmp_path / "runs" / name, lambda s: not s.live)
-    status, _progress, plot, sample, stop, resume, open_btn = st.poll(name)
+    status, _progress, plot, sample, stop, resume, open_btn, download, delete = st.poll(name)
     assert "stopped" in status and stop["interactive"] is False and resume["interactive"] and open_btn["interactive"]
+    assert download["interactive"] and delete["interactive"]
     assert plot.count("<polyline") == 2 and "val (last" in plot and sample  # training and validation loss
     with pytest.raises(gr.Error, match="not training"):
         st.stop(name)
@@ -352,7 +353,7 @@ def test_upload_train_switch_and_generate_through_the_api(tmp_path):
         stopped = worker.run_status(out)
         client.predict(name, api_name="/resume_training")
         wait_for(out, lambda s: s.state == "running" and s.step > stopped.step)
-        os.kill(worker._read_json(out / worker.STATUS)["pid"], signal.SIGKILL)
+        os.kill(worker.read_json(out / worker.STATUS)["pid"], signal.SIGKILL)
         api_wait(client, name, "stopped unexpectedly")
     finally:
         demo.close()

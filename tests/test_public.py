@@ -1,0 +1,191 @@
+"""A public studio (a Hugging Face Space): whose run is whose, the line of runs waiting to train, the owner's caps,
+a run as one archive, delete (llm/public.py, train_tab.Studio), and two visitors through gradio_client."""
+
+import json
+import os
+import time
+import zipfile
+
+import gradio as gr
+import pytest
+
+import app
+from conftest import make_text
+from llm import public, viz, worker
+from llm.checkpoint import load_checkpoint
+from playground import load_playground
+from test_studio import settings, start_job, tiny_run_dir, wait_for
+from train_tab import SOURCES, Studio, StudioSettings
+
+A, B = "a" * 32, "b" * 32  # two visitors' keys
+
+
+def public_studio(tmp_path, **caps) -> Studio:
+    return Studio(StudioSettings(runs_dir=tmp_path / "runs", train_threads=1, public=True, **caps))
+
+
+def test_owner_ids_and_provided_runs():
+    assert public.owner_id(A) == public.owner_id(A) != public.owner_id(B)
+    assert A not in public.owner_id(A)  # runs record a hash, never the key
+    for bad in ("", "short", "x" * 200, "../../etc", None, 12, "a b" * 10):
+        assert public.owner_id(bad) is None
+    mine = worker.RunStatus("r", "finished", owner=public.owner_id(A))
+    assert public.owns(mine, A) and not public.owns(mine, B) and not public.owns(mine, "")
+    assert public.provided(worker.RunStatus("r", "finished")) and not public.provided(mine)
+
+
+def test_the_line_in_order_and_leaving_it(tmp_path):
+    runs = tmp_path / "runs"
+    outs = [worker.new_run(runs, f"r{i}") for i in range(3)]
+    for out in outs:
+        public.enqueue(out)
+    assert [d.name for d, _ in public.line(runs)] == [o.name for o in outs]
+    assert [public.place(runs, o.name) for o in outs] == [1, 2, 3] and public.place(runs, "nope") is None
+    assert worker.run_status(outs[0]).state == "queued"
+    public.leave(outs[0])
+    s = worker.run_status(outs[0])
+    assert s.state == "stopped" and "left the line" in s.message and public.place(runs, outs[1].name) == 1
+
+
+def test_prune_removes_the_oldest_finished_visitor_runs_only(tmp_path):
+    runs = tmp_path / "runs"
+    made = []
+    for i, owner in enumerate([A, None, A, A]):  # the second is the Space owner's (no visitor's mark)
+        out = worker.new_run(runs, f"r{i}")
+        job = {"owner": public.owner_id(owner)} if owner else {}
+        worker.write_json(out / worker.JOB, job)
+        worker.write_json(out / worker.STATUS, {"state": "finished"})
+        (out / "blob").write_bytes(b"x" * 1000)
+        os.utime(out, (time.time() - 100 + i, time.time() - 100 + i))  # r0 oldest
+        made.append(out)
+    public.enqueue(made[3])  # waiting: never removed
+    assert public.prune(runs, keep=None, max_bytes=None) == []
+    assert public.prune(runs, keep=3, max_bytes=None) == [made[0].name, made[2].name]  # room for one more
+    assert not made[0].exists() and made[1].exists() and made[3].exists()
+    assert public.disk_used(runs) > 2000 and public.prune(runs, keep=None, max_bytes=10) == []  # nothing removable
+
+
+def test_archive_holds_the_model_without_the_visitors_mark(tmp_path):
+    out = tiny_run_dir(tmp_path)
+    worker.write_json(out / worker.JOB, {"owner": public.owner_id(A), "source": "test"})
+    z = public.archive(out, tmp_path)
+    with zipfile.ZipFile(z) as f:
+        names = f.namelist()
+        assert f"{out.name}/best/model.safetensors" in names and f"{out.name}/metrics.jsonl" in names
+        assert not any("train.bin" in n or "train_state" in n for n in names)
+        assert "owner" not in json.loads(f.read(f"{out.name}/{worker.JOB}"))
+        f.extractall(tmp_path / "unzipped")
+    model, tokenizer, meta = load_checkpoint(tmp_path / "unzipped" / out.name)
+    assert model.num_params() > 0
+
+
+# -----------------------------------------------------------------------------
+# the Train tab's handlers in a public studio
+
+
+def test_visitors_see_and_touch_only_their_own_runs(tmp_path):
+    st = public_studio(tmp_path)
+    with pytest.raises(gr.Error, match="reload"):
+        st.start(SOURCES[1], None, make_text(400), *settings(), key="")
+    mine = st.start(SOURCES[1], None, make_text(400), *settings(max_steps=20), key=A)
+    out = tmp_path / "runs" / mine
+    assert [r["name"] for r in st.api_runs(key=A)] == [mine] and st.api_runs(key=B) == []
+    assert "gone" in st.poll(mine, key=B)[0]
+    for act in (st.stop, st.resume, st.download, st.delete):
+        with pytest.raises(gr.Error, match="pick a run from the list"):
+            act(mine, key=B)
+    wait_for(out, lambda s: s.state == "finished")
+    with zipfile.ZipFile(st.download(mine, key=A)) as z:
+        assert f"{mine}/best/model.safetensors" in z.namelist()
+    assert "deleted" in st.delete(mine, key=A) and not out.exists()
+
+
+def test_a_second_trainer_waits_in_line_and_sees_its_place(tmp_path):
+    st = public_studio(tmp_path, max_waiting=2)
+    first = st.start(SOURCES[1], None, make_text(400), *settings(max_steps=400), key=A)
+    wait_for(tmp_path / "runs" / first, lambda s: s.state == "running")
+    second = st.start(SOURCES[1], None, make_text(400), *settings(max_steps=20), key=B)
+    status = st.poll(second, key=B)[0]
+    assert "waiting in line, next" in status and st.poll(second, key=B)[4]["interactive"]  # Stop leaves the line
+    third = st.start(SOURCES[1], None, make_text(400), *settings(max_steps=20), key=B)
+    assert "place 2 (1 ahead of it)" in st.poll(third, key=B)[0]
+    with pytest.raises(gr.Error, match="2 runs are waiting to train already"):
+        st.start(SOURCES[1], None, make_text(400), *settings(), key=A)
+    assert "left the line" in st.stop(third, key=B)[0]
+    st.stop(first, key=A)  # the first ends: the keeper starts the second in its turn
+    s = wait_for(tmp_path / "runs" / second, lambda s: s.state == "finished", timeout=180)
+    assert s.owner == public.owner_id(B)
+
+
+def test_caps_make_room_or_refuse_in_words(tmp_path):
+    runs = tmp_path / "runs"
+    old = start_job(runs, "old", make_text(400), max_steps=5)
+    wait_for(old, lambda s: not s.live)
+    worker.write_json(old / worker.JOB, {**worker.read_json(old / worker.JOB), "owner": public.owner_id(A)})
+    st = public_studio(tmp_path, keep_runs=1)
+    name = st.start(SOURCES[1], None, make_text(400), *settings(max_steps=5), key=B)
+    assert not old.exists()  # the oldest finished visitor run made room
+    wait_for(runs / name, lambda s: not s.live)
+    provided = start_job(runs, "owners", make_text(400), max_steps=5)  # no visitor's mark: never removed
+    wait_for(provided, lambda s: not s.live)
+    st = public_studio(tmp_path, keep_runs=1, max_runs_bytes=1)
+    with pytest.raises(gr.Error, match="keeps 1 runs at most"):
+        st.start(SOURCES[1], None, make_text(400), *settings(), key=A)
+    st = public_studio(tmp_path, max_runs_bytes=1)
+    with pytest.raises(gr.Error, match=r"the runs here use .* all this server allows them \(1 bytes\)"):
+        st.start(SOURCES[1], None, make_text(400), *settings(), key=A)
+
+
+def test_public_mode_from_the_environment(monkeypatch):
+    monkeypatch.delenv("SCRATCHGPT_PUBLIC", raising=False)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    s = StudioSettings.from_env()
+    assert not s.public and s.keep_runs is None and s.max_runs_bytes is None
+    monkeypatch.setenv("SPACE_ID", "someone/studio")  # a Hugging Face Space
+    s = StudioSettings.from_env()
+    assert s.public and s.keep_runs == 50 and s.max_runs_bytes == 10_000_000_000
+    monkeypatch.setenv("SCRATCHGPT_PUBLIC", "0")
+    assert not StudioSettings.from_env().public
+    monkeypatch.setenv("SCRATCHGPT_PUBLIC", "1")
+    monkeypatch.setenv("SCRATCHGPT_KEEP_RUNS", "7")
+    assert StudioSettings.from_env().keep_runs == 7
+
+
+# -----------------------------------------------------------------------------
+# two visitors against the launched app
+
+
+def test_two_clients_cannot_reach_each_others_runs(tmp_path):
+    from gradio_client import Client
+
+    from test_app import free_port
+
+    loaded = load_playground(str(tiny_run_dir(tmp_path)))
+    st = StudioSettings(runs_dir=tmp_path / "runs", train_threads=1, public=True)
+    demo = app.build_app(*loaded, stream_interval=0.0, settings=st)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        alice, bob = (Client(f"http://127.0.0.1:{port}/", verbose=False) for _ in range(2))
+        name = alice.predict(SOURCES[1], None, make_text(400), *settings(max_steps=400), A,
+                             api_name="/start_training")
+        wait_for(tmp_path / "runs" / name, lambda s: s.state == "running" and s.has_best)
+        assert [r["name"] for r in alice.predict(A, api_name="/list_runs")] == [name]
+        assert bob.predict(B, api_name="/list_runs") == []
+        assert "gone" in bob.predict(name, B, api_name="/run_status")[0]
+        for endpoint in ("/stop_training", "/download_run", "/delete_run"):
+            with pytest.raises(Exception, match="pick a run from the list"):
+                bob.predict(name, B, api_name=endpoint)
+        with pytest.raises(Exception, match="no model"):
+            bob.predict(f"run/{name}", B, api_name="/switch_model")
+        theirs = bob.predict(SOURCES[1], None, make_text(400), *settings(max_steps=20), B, api_name="/start_training")
+        assert "waiting in line, next" in bob.predict(theirs, B, api_name="/run_status")[0]
+        with pytest.raises(Exception, match="reload"):  # no key, no run
+            bob.predict(SOURCES[1], None, make_text(400), *settings(), "", api_name="/start_training")
+        alice.predict(name, A, api_name="/stop_training")
+        wait_for(tmp_path / "runs" / theirs, lambda s: s.state == "finished", timeout=180)
+        assert "finished" in bob.predict(theirs, B, api_name="/run_status")[0]
+        header = alice.predict(f"run/{name}", A, api_name="/switch_model")  # one's own opens
+        assert viz.escape_markdown(name) in header
+    finally:
+        demo.close()
