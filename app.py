@@ -6,8 +6,9 @@ tokenizer, switch between models.
 The model shown first: --checkpoint (a directory or a Hub repo id), else $SCRATCHGPT_CHECKPOINT, else the newest
 checkpoints/*/best under the current directory, else the bundled model in assets/model/. The selector at the top
 switches a browser session to the bundled model, any run in the runs directory, or a Hub repo id. This file is
-layout and wiring: one builder function per tab; the handlers are playground.py's (the model tabs) and
-train_tab.py's (training); build_app puts the tabs together and main() parses the flags and launches.
+layout and wiring: one builder function per tab (the Train tab's is train_tab.py); the handlers are playground.py's
+(the model tabs) and training.py's (the Train tab); build_app puts the tabs together and main() parses the flags
+and launches.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from llm.sample import KNOBS, Knob
 from playground import (BUNDLED, BUNDLED_KEY, DEFAULTS, FIRST, GENERATE_SIGNATURE, SEED, SETTINGS,  # noqa: F401
                         Halts, Limits, Models, Playground, RUN_KEY, fail, find_checkpoint, load_playground,
                         run_metrics)
-from train_tab import Studio, StudioSettings, curve_svg, train_tab
+from train_tab import train_tab
+from training import Studio, StudioSettings, curve_svg
 
 # ZeroGPU runs a decorated function in a forked worker and pickles its arguments and results, so it wraps the
 # handlers (the models are inherited by the fork, never pickled) and handlers return plain data (gr.update dicts).

@@ -1,380 +1,15 @@
-"""The Train tab: bring a text, train a tokenizer and a GPT on it in a worker process, watch it learn.
-
-    Studio(StudioSettings)       the tab's handlers: plan, start, stop, resume, poll, download, delete, and in a
-                                 public studio the line of waiting runs (plain methods; tests call them)
-    train_tab(studio, ...)       the layout and wiring; app.py puts it beside the playground's tabs
-
-Training itself is llm.worker (a process per run, through llm.train as train_cli.py); the words and the settings
-(llm.studio.StudioSettings) are llm.studio's; whose run is whose, the line and the caps are llm.public's.
+"""The Train tab's layout and wiring: the text and settings on the left, the runs on the right; the handlers are
+training.py's (Studio), and app.py puts the tab beside the playground's.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
-import tempfile
-import threading
-import time
-from pathlib import Path
+import os
 
 import gradio as gr
-import torch
 
-from llm import card, public, studio, viz, worker
-from llm.checkpoint import CONFIG
-from llm.config import SettingError
-from llm.data import BUILTIN_CORPORA, DataError
-from llm.model import GPT, ModelConfig
-from llm.run import TrainConfig
-from llm.studio import StudioSettings
-from playground import fail
-
-SOURCES = ["upload a .txt file", "paste text", *BUILTIN_CORPORA]
-NO_RUN = "Start a run, or pick one above to watch it."
-RESUMABLE = ("stopped", "killed", "failed")  # with a last/ checkpoint
-TIMED_FLOPS = 5e9  # a model whose timing pass costs more is estimated from its FLOPs instead
-
-
-class Studio:
-    """The Train tab's handlers. Runs are named, never located by a path from the page: a name must be one of
-    the runs directory's own entries."""
-
-    def __init__(self, settings: StudioSettings):
-        self.settings = settings
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.sizes = [s for s in studio.SIZES if self.device == "cuda" or s not in studio.GPU_SIZES]
-        self._flops: float | None = None  # training FLOP/s measured here once, for the plans of big models
-        self._timed: dict[tuple, float] = {}  # seconds per step, by shape
-        self._lock = threading.RLock()  # one start, resume or launch from the line at a time: two cannot both pass
-        self._keeper: threading.Thread | None = None  # starts waiting runs in their turn (public)
-
-    # --- settings and plans
-
-    def configs(self, size, tokenizer, vocab_size, time_budget, *advanced) -> tuple:
-        if size not in self.sizes:
-            raise fail(f"the model size must be one of {', '.join(self.sizes)}")
-        if not isinstance(time_budget, (int, float)) or not 0 < time_budget <= self.settings.max_time_budget:
-            raise fail(f"the time budget must be between 1 and {self.settings.max_time_budget:g} seconds")
-        try:
-            return studio.configs(size, tokenizer, vocab_size, float(time_budget),
-                                  dict(zip(studio.ADVANCED, advanced)))
-        except (SettingError, ValueError) as e:
-            raise fail(studio.say(e)) from None
-
-    def seconds_per_step(self, model_cfg: ModelConfig, cfg: TrainConfig) -> float:
-        """A step of this model timed here (kept per shape), or, for a model too big to time in the server, its
-        FLOPs at the rate measured once on the tiny size."""
-        key = (repr(model_cfg), cfg.batch_size, cfg.grad_accum, cfg.optimizer)
-        with self._lock:  # one timing at a time: they would slow each other
-            if key not in self._timed:
-                if _step_flops(model_cfg, cfg) / cfg.batch_size * min(cfg.batch_size, 4) <= TIMED_FLOPS:
-                    self._timed[key] = worker.time_step(model_cfg, cfg, self.device)
-                else:
-                    m, c = studio.configs("tiny", "bpe", 1024, 60.0, {})
-                    self._flops = self._flops or _step_flops(m, c) / worker.time_step(m, c, self.device)
-                    self._timed[key] = _step_flops(model_cfg, cfg) / self._flops
-                if len(self._timed) > 64:  # shapes a page asked about: the oldest go
-                    self._timed.pop(next(iter(self._timed)))
-            return self._timed[key]
-
-    def check_steps(self, model_cfg, cfg: TrainConfig) -> None:
-        """A step limit replaces the time budget: refused when it would take longer than the budget may."""
-        seconds = cfg.max_steps * self.seconds_per_step(model_cfg, cfg)
-        if seconds > self.settings.max_time_budget:
-            raise fail(f"{cfg.max_steps:,} steps would take about {seconds:,.0f} s here, over the limit of "
-                       f"{self.settings.max_time_budget:g} s: lower the step limit")
-
-    def plan(self, *settings) -> str:
-        """What the run will be: parameters, tokens per step, steps in the budget on this device."""
-        try:
-            model_cfg, cfg = self.configs(*settings)
-            self.check_steps(model_cfg, cfg)
-        except gr.Error as e:
-            return f"⚠️ {e.message}"
-        p = worker.plan(model_cfg, cfg, self.seconds_per_step(model_cfg, cfg))
-        return studio.plan_markdown(p, cfg, self.device)
-
-    # --- starting and stopping
-
-    def start(self, source: str, upload, pasted: str, *settings, key: str = ""):
-        """A new run from the page's text and settings -> its name. In a public studio it is the visitor's (`key`),
-        and it waits in line while others train."""
-        owner = self._owner(key)
-        model_cfg, cfg = self.configs(*settings)
-        self.check_steps(model_cfg, cfg)
-        corpus, data, stem = self._corpus(source, upload, pasted, model_cfg.block_size, cfg)
-        with self._lock:
-            wait = self.settings.public and (self._live() >= self.settings.max_live_runs
-                                             or bool(public.line(self.settings.runs_dir)))
-            if not self.settings.public:
-                self._check_room()
-            self._make_room()
-            out = None
-            try:
-                out = worker.new_run(self.settings.runs_dir, stem)
-                if data is not None:
-                    (out / worker.UPLOAD).write_bytes(data)
-                    corpus = (str(out / worker.UPLOAD),)
-                cfg = dataclasses.replace(cfg, corpus=corpus, out=str(out))
-                worker.write_job(out, model_cfg, cfg, self.settings.train_threads, source=stem.replace("_", " "),
-                                 owner=owner)
-                if wait:
-                    public.enqueue(out)
-                else:
-                    worker.launch(out)
-            except (OSError, RuntimeError) as e:  # a full disk, a runs directory that cannot be written
-                if out is not None:
-                    shutil.rmtree(out, ignore_errors=True)  # nothing of it trained: no half run left listed
-                raise fail(f"could not start the run: {_reason(e)}") from None
-        if wait:
-            self._keep_line()
-        return out.name
-
-    def _corpus(self, source: str, upload, pasted: str, block_size: int, cfg: TrainConfig):
-        """(corpus specs, bytes to save as the run's corpus.txt or None, a name for the run)."""
-        if source in BUILTIN_CORPORA:
-            return (source,), None, source
-        if source == SOURCES[0]:
-            if not upload:
-                raise fail("choose a .txt file to upload first")
-            path = Path(upload)  # Gradio's own copy of the upload, in its cache
-            try:
-                size = path.stat().st_size
-                if size > self.settings.max_corpus_bytes:  # not read into memory first
-                    raise fail(f"the uploaded file is {card.fmt_bytes(size)}; the limit here is "
-                               f"{card.fmt_bytes(self.settings.max_corpus_bytes)}")
-                data = path.read_bytes()
-            except OSError as e:
-                raise fail(f"could not read the uploaded file ({_reason(e)}): upload it again") from None
-            what, stem = "the uploaded file", path.stem
-        elif source == SOURCES[1]:
-            data, what, stem = (pasted or "").encode("utf-8", "surrogatepass"), "the pasted text", "pasted"
-        else:
-            raise fail(f"the text must come from one of: {', '.join(SOURCES)}")
-        try:
-            studio.check_text(data, what, self.settings.max_corpus_bytes, block_size, cfg.val_frac,
-                              cfg.encoding_errors, cfg.tokenizer)
-        except DataError as e:
-            raise fail(studio.say(e)) from None
-        return (), data, stem
-
-    def _check_room(self) -> None:
-        live = [r for r in worker.list_runs(self.settings.runs_dir) if r.live]
-        if len(live) >= self.settings.max_live_runs:
-            raise fail(f"{live[0].name} is training already: stop it or wait for it to end"
-                       if len(live) == 1 else f"{len(live)} runs are training already: wait for one to end")
-
-    def _live(self) -> int:
-        return sum(r.live for r in worker.list_runs(self.settings.runs_dir))
-
-    def _make_room(self) -> None:
-        """The owner's caps before a new run: the line's length, then the runs kept and their disk, the oldest
-        finished visitor runs removed first; refused in words when the room is not there."""
-        st = self.settings
-        if st.public and len(public.line(st.runs_dir)) >= st.max_waiting:
-            raise fail(f"{st.max_waiting} runs are waiting to train already, the most this server takes: try again "
-                       "later")
-        public.prune(st.runs_dir, st.keep_runs, st.max_runs_bytes)
-        if st.keep_runs is not None and len(worker.list_runs(st.runs_dir)) >= st.keep_runs:
-            raise fail(f"this server keeps {st.keep_runs} runs at most, and none can be removed (each is training, "
-                       "waiting or provided): try again later")
-        if st.max_runs_bytes is not None and (used := public.disk_used(st.runs_dir)) >= st.max_runs_bytes:
-            raise fail(f"the runs here use {card.fmt_bytes(used)}, all this server allows them "
-                       f"({card.fmt_bytes(st.max_runs_bytes)}), and none can be removed: try again later")
-
-    def _owner(self, key) -> str | None:
-        """The visitor's id in a public studio (gr.Error when the page sent no key); None in a private one."""
-        if not self.settings.public:
-            return None
-        oid = public.owner_id(key)
-        if oid is None:
-            raise fail("this page sent no visitor key (the page keeps one in the browser's storage): reload it")
-        return oid
-
-    def mine(self, s: worker.RunStatus, key) -> bool:
-        """Whether this visitor may list, stop, resume, download or delete the run: anyone in a private studio."""
-        return not self.settings.public or public.owns(s, key)
-
-    def run_dir(self, name: str, key: str = "") -> Path:
-        """A run's directory from its name, only if the runs directory lists it and it is this visitor's (a run of
-        another's reads as one that does not exist)."""
-        out = worker.find_run(self.settings.runs_dir, name)
-        if out is None or not self.mine(worker.run_status(out, metrics=False), key):
-            raise fail("pick a run from the list (it may have been deleted)")
-        return out
-
-    # --- the line (a public studio)
-
-    def advance(self) -> list[str]:
-        """Launch waiting runs, oldest first, while fewer than max_live_runs train; the names launched."""
-        launched = []
-        with self._lock:
-            for out, resume in public.line(self.settings.runs_dir):
-                if self._live() >= self.settings.max_live_runs:
-                    break
-                try:
-                    worker.launch(out, resume=resume)
-                    launched.append(out.name)
-                except (OSError, RuntimeError) as e:
-                    (out / worker.QUEUED).unlink(missing_ok=True)
-                    worker.write_json(out / worker.STATUS, {"state": "failed", "message":
-                                                            f"could not start: {_reason(e)}", "time": time.time()})
-        return launched
-
-    def _keep_line(self) -> None:
-        """The thread that starts waiting runs in their turn (one per studio, from the first run that waits)."""
-        with self._lock:
-            if self._keeper is None:
-                self._keeper = threading.Thread(target=self._keep, name="scratchgpt-line", daemon=True)
-                self._keeper.start()
-
-    def _keep(self) -> None:
-        while True:
-            try:
-                self.advance()
-                with self._lock:  # decided under the lock that enqueues: no run can join unseen as it ends
-                    if not public.line(self.settings.runs_dir):
-                        self._keeper = None  # the next run to wait starts a keeper again
-                        return
-            except Exception as e:  # noqa: BLE001 - the line must not stop for good: say it, try again
-                print(f"scratchgpt: the line of runs: {type(e).__name__}: {e}", flush=True)
-            time.sleep(1.0)
-
-    def stop(self, name: str, key: str = ""):
-        """-> (the status line, the Stop button: off, so that a second press cannot stop the run unsaved)."""
-        out = self.run_dir(name, key)
-        if worker.run_status(out, metrics=False).state == "queued":
-            with self._lock:
-                public.leave(out)
-            return f"**{name}**: left the line before it trained", gr.update(interactive=False)
-        if not worker.stop(out):
-            raise fail(f"{name} is not training")
-        how = "evaluating and saving" if worker.run_status(out).from_page else "saving, as Ctrl-C would"
-        return f"**{name}**: stopping: {how}…", gr.update(interactive=False)
-
-    def resume(self, name: str, key: str = "") -> str:
-        out = self.run_dir(name, key)
-        s = worker.run_status(out)
-        if s.live or s.state == "queued":
-            raise fail(f"{name} is {studio.STATE_WORDS[s.state]} already")
-        if not s.has_last:
-            raise fail(f"{name} has nothing to resume from: it saved no checkpoint (start a new run)")
-        if s.state not in RESUMABLE:
-            raise fail(f"{name} is {studio.STATE_WORDS.get(s.state, s.state)}: only a run that stopped resumes")
-        with self._lock:
-            if self.settings.public and (self._live() >= self.settings.max_live_runs
-                                         or public.line(self.settings.runs_dir)):
-                public.enqueue(out, resume=True)
-                waiting = True
-            else:
-                self._check_room()
-                waiting = False
-                try:
-                    worker.launch(out, resume=True)
-                except (OSError, RuntimeError) as e:
-                    raise fail(f"could not resume {name}: {_reason(e)}") from None
-        if waiting:
-            self._keep_line()
-            return f"**{name}**: waiting in line to resume"
-        return f"**{name}**: resuming from its last save…"
-
-    # --- taking a run away
-
-    def download(self, name: str, key: str = "") -> str:
-        """The run's model, curves and settings as one .zip (a path Gradio serves)."""
-        out = self.run_dir(name, key)
-        if not (out / "best" / CONFIG).is_file():
-            raise fail(f"{name} has no saved model yet: its first evaluation saves one")
-        try:
-            return str(public.archive(out, tempfile.mkdtemp(prefix="scratchgpt-download-")))
-        except OSError as e:
-            raise fail(f"could not pack {name}: {_reason(e)}") from None
-
-    def delete(self, name: str, key: str = "") -> str:
-        """Remove a run that is not training (a waiting one leaves the line); its files are gone for good."""
-        out = self.run_dir(name, key)
-        s = worker.run_status(out, metrics=False)
-        if s.live:
-            raise fail(f"{name} is training: stop it first")
-        with self._lock:
-            if s.state == "queued":
-                public.leave(out)
-            try:
-                shutil.rmtree(out)
-            except OSError as e:
-                raise fail(f"could not delete {name}: {_reason(e)}") from None
-        return f"**{name}** is deleted."
-
-    # --- watching
-
-    def runs(self, key: str = "") -> list[worker.RunStatus]:
-        """The runs this visitor's list shows, the newest first."""
-        return [r for r in worker.list_runs(self.settings.runs_dir) if self.mine(r, key)]
-
-    def api_runs(self, key: str = "") -> list[dict]:
-        """The runs this visitor may watch: name, state and best bits per byte of each, the newest first."""
-        self._owner(key)
-        return [{"name": r.name, "state": r.state, "best_bits_per_byte": r.best_bits_per_byte} for r in self.runs(key)]
-
-    def runs_update(self, value: str | None = None, key: str = ""):
-        runs = self.runs(key)
-        choices = [(studio.run_label(r), r.name) for r in runs]
-        if value is None or value not in [r.name for r in runs]:  # a page opened afresh, or a run deleted
-            value = next((r.name for r in runs if r.live), runs[0].name if runs else None)
-        return gr.update(choices=choices, value=value)
-
-    def watch(self, name: str | None, shown: dict, key: str = ""):
-        """The timer's refresh: poll's outputs, each skipped when it is what this page shows already (`shown`, a
-        session's state, returned updated): a plot redrawn every tick flickers, and a list updated under the
-        user's hand closes."""
-        choices = [[studio.run_label(r), r.name] for r in self.runs(key)]
-        status, progress, plot, sample, *buttons = self.poll(name, key)
-        now = {"plot": plot, "sample": (name, sample), "choices": choices}
-        keep = {k: shown.get(k) == v for k, v in now.items()}  # the plot's SVG itself: a few KB
-        return (status, progress, gr.skip() if keep["plot"] else plot, gr.skip() if keep["sample"] else sample,
-                *buttons, gr.skip() if keep["choices"] else gr.update(choices=choices), now)
-
-    def poll(self, name: str | None, key: str = ""):
-        """(status line, progress bar, loss plot, sample, Stop, Resume, Open, Download, Delete) for the run being
-        watched."""
-        if not name:
-            return NO_RUN, "", curve_svg([]), "", *_buttons(None)
-        out = worker.find_run(self.settings.runs_dir, name)
-        s = worker.run_status(out) if out is not None else None
-        if s is None or not self.mine(s, key):
-            return f"**{viz.escape_markdown(name)}** is gone (deleted?): pick another run", "", curve_svg([]), "", \
-                *_buttons(None)
-        where = public.place(self.settings.runs_dir, name) if s.state == "queued" else None
-        return (studio.status_markdown(s, where), studio.progress_html(s), curve_svg(s.rows), s.sample,
-                *_buttons(s))
-
-
-def _reason(e: BaseException) -> str:
-    """An error's reason without the paths an OSError carries."""
-    return e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-
-
-def _step_flops(model_cfg: ModelConfig, cfg: TrainConfig) -> float:
-    with torch.device("meta"):
-        fpt = GPT(model_cfg).flops_per_token()
-    return fpt * cfg.batch_size * cfg.grad_accum * model_cfg.block_size
-
-
-def curve_svg(rows: list[dict], title: str = "Loss (live)") -> str:
-    """A run's training loss (as logged) and validation loss (at each evaluation), drawn here as SVG: Gradio's
-    LinePlot, fed points while it is on screen, drew lines without colour when its first value was empty."""
-    return card.loss_curve_svg(rows, width=720, height=300, title=title, empty="no points yet", fit=True)
-
-
-def _buttons(s: worker.RunStatus | None) -> tuple:
-    """Stop, Resume, Open, Download, Delete: on where they would do something."""
-    live = bool(s and s.live)
-    queued = bool(s and s.state == "queued")
-    return (gr.update(interactive=live and not s.stopping or queued),
-            gr.update(interactive=bool(s and not live and s.has_last and s.state in RESUMABLE)),
-            gr.update(interactive=bool(s and s.has_best)), gr.update(interactive=bool(s and s.has_best)),
-            gr.update(interactive=bool(s and not live)))
-
+from llm import card, studio, viz
+from training import NO_RUN, SOURCES, Studio, curve_svg
 
 # -----------------------------------------------------------------------------
 # layout and wiring
@@ -436,6 +71,31 @@ def run_form(st: Studio) -> tuple:
     return source, upload, pasted, settings, plan, start
 
 
+def push_panel(st: Studio, runs: gr.Dropdown, visitor: gr.Textbox) -> None:
+    """"Push to the Hub" for the chosen run. On a Space with Hugging Face login (hf_oauth) the visitor signs in
+    and their token pushes; in a private studio the machine's saved token or $HF_TOKEN does; a public studio
+    without login offers no push (it would push with the Space owner's token)."""
+    oauth = bool(os.environ.get("OAUTH_CLIENT_ID"))  # set by a Space whose front matter has hf_oauth: true
+    if st.settings.public and not oauth:
+        return
+    with gr.Accordion("Push to the Hub", open=False, elem_id="push"):
+        if oauth:
+            gr.LoginButton()
+        with gr.Row():
+            repo = gr.Textbox(label="Model repository", placeholder="your-name/my-gpt", max_length=96, scale=3,
+                              info="USER/NAME; created if it does not exist")
+            private = gr.Checkbox(label="private", value=False, scale=1)
+        push = gr.Button("Push to the Hub")
+        said = gr.Markdown(elem_id="push-result")
+    if oauth:
+        def push_run(name, repo_id, private, key, token: gr.OAuthToken | None = None):
+            return st.push(name, repo_id, private, key=key, oauth_token=token.token if token else None)
+    else:  # (a handler asking for gr.OAuthToken makes Gradio demand a Hugging Face login at launch)
+        def push_run(name, repo_id, private, key):
+            return st.push(name, repo_id, private, key=key)
+    push.click(push_run, [runs, repo, private, visitor], [said], api_name="push_run")
+
+
 def train_tab(st: Studio, timer: gr.Timer, visitor: gr.Textbox) -> tuple[gr.Dropdown, gr.Button, gr.Markdown, list]:
     """The tab. Returns what app.py wires to the rest of the page: the runs list, the Open button (it opens the
     run in the other tabs), and the plan with the settings it is made from (filled when the page loads). Every
@@ -466,6 +126,7 @@ def train_tab(st: Studio, timer: gr.Timer, visitor: gr.Textbox) -> tuple[gr.Drop
                     no = gr.Button("Keep it", size="sm")
                 archive = gr.File(label="The run as a .zip: its model (best/), curves and settings", visible=False,
                                   elem_id="run-archive")
+                push_panel(st, runs, visitor)
                 plot = gr.HTML(curve_svg([]), elem_id="run-plot")
                 sample = gr.Textbox(label="Sample at the latest evaluation", lines=4, interactive=False,
                                     elem_id="run-sample")

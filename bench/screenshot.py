@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from playwright.sync_api import sync_playwright
 
-    from train_tab import StudioSettings
+    from training import StudioSettings
 
     runs = tempfile.mkdtemp(prefix="screenshot-runs-")
     demo, url = launch(args.checkpoint, settings=StudioSettings(runs_dir=Path(runs), train_threads=1))

@@ -1,4 +1,4 @@
-"""The Train tab's settings and words, as plain data and page text (no gradio here; train_tab.py lays them out).
+"""The Train tab's settings and words, as plain data and page text (no gradio here; train_tab.py lays them out, training.py acts on them).
 
     SIZES, FIELDS                  the model sizes a beginner picks from, and each setting's label and one line
     configs(...) -> (model, train) the page's choices as the trainer's ModelConfig and TrainConfig (SettingError)

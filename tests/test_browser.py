@@ -301,7 +301,7 @@ def test_attention_heatmap_reads_the_same_in_dark_mode(served, page):
 @pytest.fixture
 def studio_served(tmp_path):
     """The app with its runs in tmp_path/runs (the first model: the shared tiny run)."""
-    from train_tab import StudioSettings
+    from training import StudioSettings
 
     loaded = app.load_playground(str(tiny_run(tmp_path)))
     with launched(app.build_app(*loaded, settings=StudioSettings(runs_dir=tmp_path / "runs", train_threads=1))) as url:

@@ -1,21 +1,25 @@
 """A public studio (a Hugging Face Space): whose run is whose, the line of runs waiting to train, the owner's caps,
-a run as one archive, delete (llm/public.py, train_tab.Studio), and two visitors through gradio_client."""
+a run as one archive, delete (llm/public.py, training.Studio), and two visitors through gradio_client."""
 
 import json
 import os
 import time
 import zipfile
+from pathlib import Path
 
 import gradio as gr
 import pytest
+from huggingface_hub import constants
+from huggingface_hub.errors import HfHubHTTPError
 
 import app
 from conftest import make_text
-from llm import public, viz, worker
+from llm import hub, public, viz, worker
 from llm.checkpoint import load_checkpoint
 from playground import load_playground
+from test_hub import _http_error
 from test_studio import settings, start_job, tiny_run_dir, wait_for
-from train_tab import SOURCES, Studio, StudioSettings
+from training import SOURCES, Studio, StudioSettings
 
 A, B = "a" * 32, "b" * 32  # two visitors' keys
 
@@ -189,3 +193,81 @@ def test_two_clients_cannot_reach_each_others_runs(tmp_path):
         assert viz.escape_markdown(name) in header
     finally:
         demo.close()
+
+
+# -----------------------------------------------------------------------------
+# push to the Hub
+
+
+class FakeHub:
+    """The Hub client a push uses: takes only GOOD as a token, records what it was sent."""
+
+    def __init__(self, token: str, calls: list):
+        self.token, self.calls = token, calls
+
+    def _check(self):
+        if self.token != GOOD:
+            raise _http_error(HfHubHTTPError, 401, f"401 Unauthorized: invalid credentials {self.token}")
+
+    def create_repo(self, repo_id, **kwargs):
+        self._check()
+        self.calls.append(("create_repo", repo_id, kwargs))
+
+    def upload_folder(self, **kwargs):
+        self._check()
+        files = sorted(p.name for p in Path(kwargs["folder_path"]).rglob("*") if p.is_file())
+        self.calls.append(("upload_folder", kwargs["repo_id"], files))
+        return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{kwargs['repo_id']}/commit/1"})
+
+
+GOOD, BAD = "hf_good_secret_token_123", "hf_bad_secret_token_456"
+
+
+@pytest.fixture
+def pushable(tmp_path, monkeypatch):
+    """A finished run of visitor A's in a public studio, and a private studio on the same runs; the Hub faked."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    runs = tmp_path / "runs"
+    out = start_job(runs, "mine", make_text(400), max_steps=10)
+    wait_for(out, lambda s: s.state == "finished")
+    worker.write_json(out / worker.JOB, {**worker.read_json(out / worker.JOB), "owner": public.owner_id(A)})
+    calls = []
+    studios = {}
+    for mode in (True, False):
+        st = Studio(StudioSettings(runs_dir=runs, public=mode))
+        st.hub_api = lambda token: FakeHub(token, calls)
+        studios[mode] = st
+    return studios, out.name, calls
+
+
+def test_push_with_no_token_a_bad_token_and_a_good_one(pushable, monkeypatch, capfd):
+    studios, name, calls = pushable
+    monkeypatch.setattr(hub, "get_token", lambda: None)
+    with pytest.raises(gr.Error, match="no Hugging Face token here"):
+        studios[False].push(name, "someone/my-gpt")
+    with pytest.raises(gr.Error, match="sign in with Hugging Face first"):
+        studios[True].push(name, "someone/my-gpt", key=A)  # a public studio never uses the machine's token
+    monkeypatch.setattr(hub, "get_token", lambda: BAD)  # the Space owner's token: not used in public
+    with pytest.raises(gr.Error, match="sign in"):
+        studios[True].push(name, "someone/my-gpt", key=A)
+    with pytest.raises(gr.Error, match="not a valid model repo id"):
+        studios[True].push(name, "not a repo", key=A, oauth_token=GOOD)
+    with pytest.raises(gr.Error, match="pick a run from the list"):
+        studios[True].push(name, "someone/my-gpt", key=B, oauth_token=GOOD)
+    assert calls == []  # nothing was sent for any of these
+    with pytest.raises(gr.Error) as bad:
+        studios[True].push(name, "someone/my-gpt", key=A, oauth_token=BAD)
+    assert "401" in bad.value.message and "write access" in bad.value.message and BAD not in bad.value.message
+    said = studios[True].push(name, "someone/my-gpt", True, key=A, oauth_token=GOOD)
+    assert "[someone/my-gpt](https://huggingface.co/someone/my-gpt/commit/1)" in said
+    (_, repo, kwargs), (_, _, files) = calls
+    assert repo == "someone/my-gpt" and kwargs["private"] is True
+    assert {"README.md", "model.safetensors", "tokenizer.json", "config.json"} <= set(files)
+    monkeypatch.setattr(hub, "get_token", lambda: GOOD)
+    assert "Pushed to" in studios[False].push(name, "someone/my-gpt")  # a private studio: the machine's token
+    out = capfd.readouterr()
+    for token in (GOOD, BAD):  # the token is never shown, logged or stored
+        assert token not in said and token not in out.out + out.err
+        for f in (studios[True].settings.runs_dir / name).rglob("*"):
+            assert not f.is_file() or token.encode() not in f.read_bytes()

@@ -1,5 +1,5 @@
 """The studio: runs trained in worker processes (llm/worker.py), the Train tab's words (llm/studio.py) and its
-handlers (train_tab.py), the model selector (playground.Models), and the launched app through gradio_client."""
+handlers (training.py), the model selector (playground.Models), and the launched app through gradio_client."""
 
 import json
 import os
@@ -21,7 +21,7 @@ from llm.data import DataError
 from llm.model import GPT
 from llm.run import TrainConfig
 from playground import FIRST, Models, Playground, load_playground
-from train_tab import SOURCES, Studio, StudioSettings
+from training import SOURCES, Studio, StudioSettings
 
 # a run of a few seconds: 1 layer x 32 dims (the Advanced settings, in studio.ADVANCED order)
 ADVANCED = {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 4, "lr": 3e-3,
