@@ -26,6 +26,7 @@ from collections.abc import Callable
 import gradio as gr
 import torch
 
+from compare import Compare, compare_tab
 from llm import attention, public, studio, tokenview, viz, worker
 from llm.checkpoint import CheckpointError
 from llm.cli import ArgumentParser
@@ -410,6 +411,8 @@ def build_app(model, tokenizer, meta: dict, name: str = "model", metrics: list[d
             prompt, generate_switched = generate_tab(models, key, run)
             hooks = [generate_switched, tokens_tab(models, key, run, prompt), tokenizer_tab(models, key),
                      model_tab(models, key, timer, header, run)]
+            compare_tab(Compare(models, lambda k, v: may_open(models, st, k, v), stream_interval),
+                        lambda v: model_choices(models, st, v), visitor, EXAMPLES[0], EXPLORER_TEXT)
             runs, open_btn, plan, settings_inputs = train_tab(st, timer, visitor)
 
         gr.api(st.api_runs, api_name="list_runs")  # (outside the Tabs: an endpoint among them is taken for a tab)

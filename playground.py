@@ -166,7 +166,7 @@ class Playground:
         except SettingError as e:
             raise fail(str(e)) from None
 
-    def _prompt_ids(self, prompt: str) -> tuple[list[int], int]:
+    def prompt_ids(self, prompt: str) -> tuple[list[int], int]:
         """Prompt -> (the ids the model sees, tokens cropped from the front)."""
         try:
             ids, cropped = prepare_prompt(self.tokenizer, prompt, self.config.block_size)
@@ -190,7 +190,7 @@ class Playground:
         settings = {k: v for k, v in bound.arguments.items() if k != "self"}
         prompt = check_text("the prompt", settings.pop("prompt"), self.limits.prompt_chars)
         cfg = self.sample_config(settings)
-        ids, cropped = self._prompt_ids(prompt)
+        ids, cropped = self.prompt_ids(prompt)
         run = viz.TokenRun.of_prompt(ids)
         t0 = time.perf_counter()
         yield prompt, "generating…", run
@@ -230,7 +230,7 @@ class Playground:
         if color_by not in ("probability", "id"):
             raise fail("colour by must be 'probability' or 'id'")
         if not run:
-            ids, _ = self._prompt_ids(check_text("the prompt", prompt, self.limits.prompt_chars))
+            ids, _ = self.prompt_ids(check_text("the prompt", prompt, self.limits.prompt_chars))
             run = viz.TokenRun.of_prompt(ids)
         run.score_prompt(self.model, self.vocab_size)
         ids, steps = run.shown()

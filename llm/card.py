@@ -71,8 +71,14 @@ def loss_curve_svg(rows: list[dict], width: int = 640, height: int = 320, title:
                    empty: str = "no metrics recorded", fit: bool = False) -> str:
     """Train and validation loss against step, as a self-contained SVG document. `fit`: as wide as its container
     (up to `width`), for a page."""
-    series = _series(rows)
-    colors = {"train": "#7aa6d8", "val": "#d9534f"}
+    return curves_svg(_series(rows), {"train": "#7aa6d8", "val": "#d9534f"}, title, "step", "loss (nats/token)",
+                      width, height, empty, fit)
+
+
+def curves_svg(series: dict[str, list[tuple[float, float]]], colors: dict[str, str], title: str, xlabel: str,
+               ylabel: str, width: int = 640, height: int = 320, empty: str = "no points", fit: bool = False) -> str:
+    """Lines of (x, y) points as a self-contained SVG document, a legend with each line's last value. A series
+    named "train" is drawn thinner; one of at most 60 points gets dots."""
     left, right, top, bottom = 56, 16, 30, 42  # margins: room for tick labels and the legend
     pw, ph = width - left - right, height - top - bottom
     size = (f'width="100%" style="max-width:{width}px;height:auto"' if fit else f'width="{width}" height="{height}"')
@@ -107,18 +113,18 @@ def loss_curve_svg(rows: list[dict], width: int = 640, height: int = 320, title:
         out.append(f'<line x1="{sx(t)}" y1="{top + ph}" x2="{sx(t)}" y2="{top + ph + 4}" stroke="#444"/>')
         out.append(f'<text x="{sx(t)}" y="{top + ph + 16}" text-anchor="middle" fill="#444">{_fmt_tick(t)}</text>')
     out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>')
-    out.append(f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle">step</text>')
+    out.append(f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle">{escape(xlabel)}</text>')
     out.append(f'<text x="14" y="{top + ph / 2}" text-anchor="middle" '
-               f'transform="rotate(-90 14 {top + ph / 2})">loss (nats/token)</text>')
+               f'transform="rotate(-90 14 {top + ph / 2})">{escape(ylabel)}</text>')
 
     # the curves, then a legend in the top right corner
-    legend_x = left + pw - 150
+    legend_x = left + pw - max(150, 7 * max(len(n) for n in series) + 90)
     for i, (name, points) in enumerate(s for s in series.items() if s[1]):
         path = " ".join(f"{sx(x)},{sy(y)}" for x, y in points)
         width_ = 1.5 if name == "train" else 2
         out.append(f'<polyline points="{path}" fill="none" stroke="{colors[name]}" stroke-width="{width_}" '
                    f'stroke-linejoin="round"/>')
-        if name == "val" and len(points) <= 60 or len(points) == 1:
+        if name != "train" and len(points) <= 60 or len(points) == 1:
             out += [f'<circle cx="{sx(x)}" cy="{sy(y)}" r="2.5" fill="{colors[name]}"/>' for x, y in points]
         ly = top + 14 + 16 * i
         label = f"{name} (last {points[-1][1]:.3f})"

@@ -414,7 +414,7 @@ def test_the_tabs_hold_only_tabs(served):
         for child in node.get("children", []):
             yield from tabs_children(child)
 
-    assert list(tabs_children(demo.config["layout"])) == [["tabitem"] * 5]
+    assert list(tabs_children(demo.config["layout"])) == [["tabitem"] * 6]  # Generate, Tokens, Tokenizer, Model, Compare, Train
 
 
 def test_every_event_is_named_and_the_queue_is_bounded(served):

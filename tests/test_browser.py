@@ -449,3 +449,20 @@ def test_on_a_phone_every_tab_fits_and_the_settings_come_before_the_output(serve
         _more_tabs(page, tab)
         page.wait_for_timeout(800)
         assert page.evaluate("document.documentElement.scrollWidth") <= 390, tab
+
+
+def test_compare_two_models_side_by_side(served, page):
+    """The Compare tab: the model opened at start against the bundled one, generated together; both curves on
+    one plot; both tokenizers' split of the same text."""
+    page.goto(served[0])
+    page.get_by_role("tab", name="Compare").click()
+    assert "bundled model" in page.locator("#compare-b input").input_value()
+    page.locator("#compare-curves polyline").nth(1).wait_for(timeout=30_000)  # two models, two curves
+    page.get_by_role("button", name="Generate with both").click()
+    for side in "ab":
+        page.locator(f"#compare-stats-{side}").get_by_text("mean log-probability").wait_for(timeout=60_000)
+        assert page.locator(f"#compare-out-{side} textarea").input_value().startswith("ROMEO:")
+    page.wait_for_timeout(1000)
+    assert page.get_by_text("generating…").count() == 0  # both ended
+    for side in "ab":
+        assert page.locator(f"#compare-split-{side} .t").count() > 10

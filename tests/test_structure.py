@@ -23,7 +23,7 @@ LAYERS = [
     ["llm.hub", "llm.studio", "llm.tokenview", "llm.public"],
     ["llm"],  # the package's face: llm.load_checkpoint delegates Hub ids to llm.hub
     ["llm.generate", "playground", "train_cli"],
-    ["training"],
+    ["training", "compare"],
     ["train_tab"],
     ["app"],
 ]
@@ -36,7 +36,7 @@ MAX_FUNCTION_LINES, MAX_FILE_LINES = 60, 500
 
 def sources() -> dict[str, Path]:
     """Module name -> file, for the package, the entry points and the app's modules."""
-    mods = {name: ROOT / f"{name}.py" for name in ("app", "playground", "training", "train_tab", "train_cli")}
+    mods = {name: ROOT / f"{name}.py" for name in ("app", "playground", "training", "compare", "train_tab", "train_cli")}
     mods["llm"] = ROOT / "llm" / "__init__.py"
     mods.update({f"llm.{p.stem}": p for p in (ROOT / "llm").glob("*.py") if p.stem != "__init__"})
     return mods
