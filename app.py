@@ -19,9 +19,11 @@ except ImportError:
     spaces = None
 
 import inspect
+import os
 import sys
 import typing
 from collections.abc import Callable
+from pathlib import Path
 
 import gradio as gr
 import torch
@@ -42,6 +44,17 @@ from training import Studio, StudioSettings, curve_svg
 # handlers (the models are inherited by the fork, never pickled) and handlers return plain data (gr.update dicts).
 # Outside ZeroGPU spaces.GPU returns the function unchanged.
 gpu = spaces.GPU if spaces is not None else (lambda fn: fn)
+ZERO_GPU = spaces is not None and os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+
+
+def zero_gpu_slicer(seconds: float) -> Callable:
+    """On ZeroGPU the GPU exists only inside a spaces.GPU call in this process, so a run trains there, a slice at
+    a time (worker.train_slice), each resuming from its last/. Untested until deployed (README)."""
+    @spaces.GPU(duration=int(seconds) + 60)  # the slice, its save, and the evaluation when it is stopped
+    def train_slice(out: str, seconds: float) -> bool:
+        return worker.train_slice(Path(out), seconds)
+
+    return lambda out, seconds: train_slice(str(out), seconds)
 
 EXAMPLES = ["ROMEO:\n", "JULIET:\nO Romeo, Romeo,", "First Citizen:\nBefore we proceed any further,",
             "KING RICHARD III:\nNow is the winter of"]
@@ -393,6 +406,8 @@ def build_app(model, tokenizer, meta: dict, name: str = "model", metrics: list[d
     """The studio's Blocks, queued; the caller launches it. The model given is the one each session starts on."""
     first = Playground(model, tokenizer, meta, name, metrics, train_config, limits, stream_interval)
     st = Studio(settings or StudioSettings.from_env())
+    if ZERO_GPU:
+        st.slicer = zero_gpu_slicer(st.settings.slice_seconds)
     public_mode = st.settings.public  # visitors pick no Hub id: the Space's owner chooses the models it holds
     models = Models(first, st.settings.runs_dir, keep=st.settings.max_models, limits=limits,
                     stream_interval=stream_interval, allow_hub=not public_mode)

@@ -48,6 +48,7 @@ class Studio:
         self._timed: dict[tuple, float] = {}  # seconds per step, by shape
         self._lock = threading.RLock()  # one start, resume or launch from the line at a time: two cannot both pass
         self._keeper: threading.Thread | None = None  # starts waiting runs in their turn (public)
+        self.slicer = None  # (OUT, seconds) -> done: trains a slice here (ZeroGPU; app.py sets it), else processes
         self.hub_api = lambda token: None  # token -> the Hub client for a push (None: huggingface_hub's; tests fake it)
 
     # --- settings and plans
@@ -106,9 +107,8 @@ class Studio:
         self.check_steps(model_cfg, cfg)
         corpus, data, stem = self._corpus(source, upload, pasted, model_cfg.block_size, cfg)
         with self._lock:
-            wait = self.settings.public and (self._live() >= self.settings.max_live_runs
-                                             or bool(public.line(self.settings.runs_dir)))
-            if not self.settings.public:
+            wait = self._must_wait()
+            if not self.settings.public and self.slicer is None:
                 self._check_room()
             self._make_room()
             out = None
@@ -166,6 +166,12 @@ class Studio:
             raise fail(f"{live[0].name} is training already: stop it or wait for it to end"
                        if len(live) == 1 else f"{len(live)} runs are training already: wait for one to end")
 
+    def _must_wait(self) -> bool:
+        """Whether a run starting now goes into the line: always when slices train here; in a public studio when
+        others train or wait."""
+        return self.slicer is not None or self.settings.public and (
+            self._live() >= self.settings.max_live_runs or bool(public.line(self.settings.runs_dir)))
+
     def _live(self) -> int:
         return sum(r.live for r in worker.list_runs(self.settings.runs_dir))
 
@@ -208,7 +214,11 @@ class Studio:
     # --- the line (a public studio)
 
     def advance(self) -> list[str]:
-        """Launch waiting runs, oldest first, while fewer than max_live_runs train; the names launched."""
+        """Launch waiting runs, oldest first, while fewer than max_live_runs train; the names launched. With a
+        slicer (ZeroGPU) the first in line trains one slice here instead, and goes to the back of the line if it
+        is not done: visitors take turns on the one GPU."""
+        if self.slicer is not None:
+            return self._slice()
         launched = []
         with self._lock:
             for out, resume in public.line(self.settings.runs_dir):
@@ -222,6 +232,19 @@ class Studio:
                     worker.write_json(out / worker.STATUS, {"state": "failed", "message":
                                                             f"could not start: {_reason(e)}", "time": time.time()})
         return launched
+
+    def _slice(self) -> list[str]:
+        with self._lock:
+            waiting = public.line(self.settings.runs_dir)
+            if not waiting:
+                return []
+            out = waiting[0][0]
+            (out / worker.QUEUED).unlink(missing_ok=True)
+        done = self.slicer(out, self.settings.slice_seconds)  # the lock is free meanwhile: pages stay responsive
+        if not done:
+            with self._lock:
+                public.enqueue(out, resume=True)
+        return [out.name]
 
     def _keep_line(self) -> None:
         """The thread that starts waiting runs in their turn (one per studio, from the first run that waits)."""
@@ -249,6 +272,9 @@ class Studio:
             with self._lock:
                 public.leave(out)
             return f"**{name}**: left the line before it trained", gr.update(interactive=False)
+        if self.slicer is not None and worker.run_status(out, metrics=False).state == "running":
+            (out / worker.HALT).touch()  # the slice training here stops at its next step
+            return f"**{name}**: stopping: evaluating and saving…", gr.update(interactive=False)
         if not worker.stop(out):
             raise fail(f"{name} is not training")
         how = "evaluating and saving" if worker.run_status(out).from_page else "saving, as Ctrl-C would"
@@ -264,8 +290,7 @@ class Studio:
         if s.state not in RESUMABLE:
             raise fail(f"{name} is {studio.STATE_WORDS.get(s.state, s.state)}: only a run that stopped resumes")
         with self._lock:
-            if self.settings.public and (self._live() >= self.settings.max_live_runs
-                                         or public.line(self.settings.runs_dir)):
+            if self._must_wait():
                 public.enqueue(out, resume=True)
                 waiting = True
             else:

@@ -225,7 +225,7 @@ class StudioSettings:
     training worker; the web server keeps the rest), SCRATCHGPT_MAX_RUNS (runs training at once),
     SCRATCHGPT_MAX_MODELS (models held in memory besides the first), and for a public studio (README, "A public
     Space") SCRATCHGPT_PUBLIC (on by itself on a Hugging Face Space, which sets SPACE_ID), SCRATCHGPT_KEEP_RUNS,
-    SCRATCHGPT_MAX_RUNS_GB and SCRATCHGPT_MAX_WAITING."""
+    SCRATCHGPT_MAX_RUNS_GB, SCRATCHGPT_MAX_WAITING and, on ZeroGPU, SCRATCHGPT_SLICE_SECONDS."""
 
     runs_dir: Path = Path("checkpoints")
     max_corpus_bytes: int = 20_000_000
@@ -237,6 +237,7 @@ class StudioSettings:
     keep_runs: int | None = None  # runs kept; the oldest finished visitor runs are removed first
     max_runs_bytes: int | None = None  # disk the runs may use
     max_waiting: int = 20  # runs waiting in line at most (public)
+    slice_seconds: float = 60.0  # on ZeroGPU: the longest GPU call, a run's slice of training
 
     @classmethod
     def from_env(cls, runs_dir: str | Path | None = None, train_threads: int | None = None) -> StudioSettings:
@@ -254,7 +255,8 @@ class StudioSettings:
                        max_live_runs=int(env.get("SCRATCHGPT_MAX_RUNS", d.max_live_runs)),
                        max_models=int(env.get("SCRATCHGPT_MAX_MODELS", d.max_models)), public=public,
                        keep_runs=int(keep) if keep else None, max_runs_bytes=int(float(gb) * 1e9) if gb else None,
-                       max_waiting=int(env.get("SCRATCHGPT_MAX_WAITING", d.max_waiting)))
+                       max_waiting=int(env.get("SCRATCHGPT_MAX_WAITING", d.max_waiting)),
+                       slice_seconds=float(env.get("SCRATCHGPT_SLICE_SECONDS", d.slice_seconds)))
         except ValueError as e:
             raise ValueError(f"a SCRATCHGPT_ setting is not a number: {e}") from None
 

@@ -169,26 +169,36 @@ def save_run(run: Run, kind: str, val_loss: float | None, bpb: float | None) -> 
 
 def train(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = False, model_overrides: dict | None = None,
           train_overrides: dict | None = None, overwrite: bool = False, progress: bool = True,
-          log: Callable[[str], None] = tqdm.write, evaluate_on_stop: bool = False) -> dict:
+          log: Callable[[str], None] = tqdm.write, evaluate_on_stop: bool = False, deadline: float | None = None,
+          halt: Callable[[], bool] | None = None) -> dict:
     """Train, writing OUT/best, OUT/last and OUT/metrics.jsonl. Returns a summary of the run.
 
     With resume=True the configs come from OUT/last; `model_overrides` / `train_overrides` are the settings the
-    user gave explicitly, checked against it. A stop signal (SIGINT, SIGTERM) saves last/ at once; with
-    evaluate_on_stop (the page's Stop button) it evaluates first, saving last/ and, if better, best/.
+    user gave explicitly, checked against it. A stop signal (SIGINT, SIGTERM), or `halt()` turning true, saves
+    last/ at once; with evaluate_on_stop (the page's Stop button) it evaluates first, saving last/ and, if better,
+    best/. At `deadline` (time.monotonic()) the run is cut: last/ saved, no evaluation, to resume exactly (a slice
+    of a ZeroGPU call).
     """
     with run_lock(cfg.out):
         return train_loop(start_run(model_cfg, cfg, resume, model_overrides, train_overrides, overwrite, progress, log),
-                          progress, evaluate_on_stop)
+                          progress, evaluate_on_stop, deadline, halt)
 
 
-def train_loop(run: Run, progress: bool, evaluate_on_stop: bool = False) -> dict:
-    """The loop: steps, logs and evaluations until the run is done or asked to stop; a summary of it."""
+def train_loop(run: Run, progress: bool, evaluate_on_stop: bool = False, deadline: float | None = None,
+               halt: Callable[[], bool] | None = None) -> dict:
+    """The loop: steps, logs and evaluations until the run is done, asked to stop, or cut; a summary of it."""
     cfg, state, stop = run.cfg, run.state, StopFlag()
     bar = tqdm(total=cfg.max_steps or None, initial=state.step, unit="step", disable=not progress, dynamic_ncols=True)
-    bad_in_a_row, last_eval = 0, None
+    bad_in_a_row, last_eval, cut = 0, None, False
     run.fwd.train()
     with stop.installed():
         while not (stop.signum or run.done()):
+            if halt is not None and halt():
+                stop.signum = -1  # as a stop signal would
+                break
+            if deadline is not None and time.monotonic() >= deadline and state.step > run.start.step:
+                cut = True  # (after a step at least: a slice whose start-up took it all still makes progress)
+                break
             loss, norm, dt = train_step(run)
             bad_in_a_row = 0 if math.isfinite(loss) and math.isfinite(norm) else bad_in_a_row + 1
             if bad_in_a_row >= MAX_BAD_STEPS:
@@ -205,12 +215,13 @@ def train_loop(run: Run, progress: bool, evaluate_on_stop: bool = False) -> dict
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{run.tokens_per_step / dt:,.0f}", refresh=False)
             if state.step % cfg.eval_interval == 0:
                 last_eval = evaluate(run, save=bad_in_a_row == 0)
-        if stop.signum and not evaluate_on_stop and finite_weights(run.model):  # save where we are, no evaluation
+        if (cut or stop.signum and not evaluate_on_stop) and finite_weights(run.model):  # where we are, no evaluation
             save_run(run, "last", (last_eval or {}).get("val_loss"), (last_eval or {}).get("bits_per_byte"))
         elif last_eval is None or last_eval["step"] != state.step:
             last_eval = evaluate(run, save=bad_in_a_row == 0)
     bar.close()
     best = read_meta(run.out / "best") if (run.out / "best").exists() else {}
-    return {"out": str(run.out), "step": state.step, "interrupted": stop.signum, "best_val_loss": best.get("val_loss"),
+    return {"out": str(run.out), "step": state.step, "interrupted": stop.signum, "cut": cut,
+            "best_val_loss": best.get("val_loss"),
             "best_bits_per_byte": best.get("bits_per_byte"), "last_val_loss": (last_eval or {}).get("val_loss"),
             "train_time": state.train_time, "bad_steps": state.bad_steps, "params": run.model.num_params()}

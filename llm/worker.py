@@ -42,6 +42,7 @@ from llm.train import train
 
 JOB, STATUS, LOG, UPLOAD, WORKER_LOCK = "job.json", "status.json", "worker.log", "corpus.txt", ".worker"
 QUEUED = "queued.json"  # a run waiting in line for a free place to train (llm.public): when it joined
+HALT = "halt"  # a run trained in slices in the server (ZeroGPU) is asked to stop by this file
 ROOT = Path(__file__).resolve().parent.parent  # the worker runs `-m llm.worker` from here
 _children: list[subprocess.Popen] = []  # workers this process started, reaped as they end
 
@@ -122,6 +123,8 @@ def stop(out: Path) -> bool:
     elif _state(out, status) == "starting":  # before training: the worker's own process
         pid = status.get("pid") or next((c.pid for c in _children if str(out.resolve()) in c.args), None)
     else:
+        return False
+    if pid == os.getpid():  # a slice training in this very process (ZeroGPU): OUT/halt stops it, not a signal
         return False
     if pid and status.get("stop_requested") == pid:
         return True
@@ -407,14 +410,41 @@ def main(argv: list[str] | None = None) -> int:
     return _ended(out, "finished", f"finished after {summary['step']} steps")
 
 
-def _train(out: Path, job: dict, resume: bool) -> dict:
-    """The run as job.json describes it, through llm.train as train_cli.py runs it; Stop evaluates and saves."""
-    torch.set_num_threads(max(int(job.get("threads", 1)), 1))
+def _train(out: Path, job: dict, resume: bool, **slicing) -> dict:
+    """The run as job.json describes it, through llm.train as train_cli.py runs it; Stop evaluates and saves.
+    `slicing`: train()'s deadline and halt, for a slice."""
+    if not slicing:  # a worker process of its own (a slice shares the server's threads)
+        torch.set_num_threads(max(int(job.get("threads", 1)), 1))
     if resume:
-        return train(None, TrainConfig(out=str(out)), resume=True, progress=False, log=print, evaluate_on_stop=True)
+        return train(None, TrainConfig(out=str(out)), resume=True, progress=False, log=print, evaluate_on_stop=True,
+                     **slicing)
     model_cfg = from_dict(ModelConfig, job["model"])
     cfg = from_dict(TrainConfig, {**job["train"], "corpus": corpus_at(out, job["train"]["corpus"]), "out": str(out)})
-    return train(model_cfg, cfg, progress=False, log=print, evaluate_on_stop=True)
+    return train(model_cfg, cfg, progress=False, log=print, evaluate_on_stop=True, **slicing)
+
+
+def train_slice(out: Path, seconds: float) -> bool:
+    """Train OUT in this process for at most `seconds` (one ZeroGPU call: the GPU exists only inside it), from its
+    last/ when it has one, saving last/ where the slice ends, so that slices resume exactly. OUT/halt (Studio's
+    Stop) stops it as a stop signal would. True when the run has ended (finished, stopped or failed); False when
+    the slice was cut and the run goes on in another."""
+    out = Path(out)
+    deadline = time.monotonic() + seconds
+    write_json(out / STATUS, {"state": "started", "time": time.time(), "pid": os.getpid(), "slice": True})
+    try:
+        summary = _train(out, read_json(out / JOB), (out / "last" / CONFIG).is_file(), deadline=deadline,
+                         halt=(out / HALT).is_file)
+    except (ValueError, TrainingError, OSError, KeyError) as e:
+        _ended(out, "failed", str(e.args[0] if isinstance(e, FieldNames) and e.args else e))
+        return True
+    if summary["interrupted"]:
+        (out / HALT).unlink(missing_ok=True)
+        _ended(out, "stopped", f"stopped at step {summary['step']}")
+        return True
+    if summary["cut"]:
+        return False
+    _ended(out, "finished", f"finished after {summary['step']} steps")
+    return True
 
 
 def _stop_now(signum, frame):

@@ -14,11 +14,11 @@ from huggingface_hub.errors import HfHubHTTPError
 
 import app
 from conftest import make_text
-from llm import hub, public, viz, worker
-from llm.checkpoint import load_checkpoint
+from llm import hub, public, studio, viz, worker
+from llm.checkpoint import load_checkpoint, read_metrics
 from playground import load_playground
 from test_hub import _http_error
-from test_studio import settings, start_job, tiny_run_dir, wait_for
+from test_studio import ADVANCED, settings, start_job, tiny_run_dir, wait_for
 from training import SOURCES, Studio, StudioSettings
 
 A, B = "a" * 32, "b" * 32  # two visitors' keys
@@ -271,3 +271,61 @@ def test_push_with_no_token_a_bad_token_and_a_good_one(pushable, monkeypatch, ca
         assert token not in said and token not in out.out + out.err
         for f in (studios[True].settings.runs_dir / name).rglob("*"):
             assert not f.is_file() or token.encode() not in f.read_bytes()
+
+
+# -----------------------------------------------------------------------------
+# ZeroGPU: training in slices in the server's process
+
+
+def _job(runs, name: str, **train):
+    """A run directory with its job and text, not started."""
+    out = worker.new_run(runs, name)
+    (out / worker.UPLOAD).write_text(make_text(400), encoding="utf-8")
+    model_cfg, cfg = studio.configs("tiny", "bpe", 300, 600.0, {**ADVANCED, **train},
+                                    corpus=(str(out / worker.UPLOAD),), out=str(out))
+    worker.write_job(out, model_cfg, cfg, threads=1, source="test")
+    return out
+
+
+def test_a_run_cut_into_slices_ends_as_the_same_run_in_one_piece(tmp_path):
+    whole = _job(tmp_path / "runs", "whole", max_steps=150, eval_interval=50)
+    assert worker.train_slice(whole, 600.0) is True  # one slice holds it all
+    sliced = _job(tmp_path / "runs", "sliced", max_steps=150, eval_interval=50)
+    cuts = 0
+    while not worker.train_slice(sliced, 0.05):
+        cuts += 1
+        assert worker.run_status(sliced).has_last and cuts < 200
+    assert cuts >= 2, cuts  # it was cut, and resumed from last/ each time
+    for kind in ("last", "best"):
+        assert (whole / kind / "model.safetensors").read_bytes() == (sliced / kind / "model.safetensors").read_bytes()
+    evals = [{k: r[k] for k in ("step", "val_loss", "train_loss")} for r in read_metrics(whole) if r["kind"] == "eval"]
+    assert evals == [{k: r[k] for k in ("step", "val_loss", "train_loss")} for r in read_metrics(sliced)
+                     if r["kind"] == "eval"]
+    assert worker.run_status(sliced).state == "finished"
+
+
+def test_visitors_take_turns_on_one_gpu_in_slices(tmp_path):
+    st = public_studio(tmp_path, slice_seconds=0.3)
+    turns = []
+
+    def slicer(out, seconds):
+        turns.append(out.name)
+        return worker.train_slice(out, seconds)
+
+    st.slicer = slicer
+    a = st.start(SOURCES[1], None, make_text(400), *settings(max_steps=60), key=A)
+    b = st.start(SOURCES[1], None, make_text(400), *settings(max_steps=60), key=B)
+    for name in (a, b):
+        wait_for(tmp_path / "runs" / name, lambda s: s.state == "finished", timeout=180)
+    assert turns[:4] == [a, b, a, b]  # taking turns, each resuming where its last slice ended
+
+
+def test_stop_ends_a_slice_training_in_the_server(tmp_path):
+    st = public_studio(tmp_path, slice_seconds=30.0)
+    st.slicer = worker.train_slice
+    name = st.start(SOURCES[1], None, make_text(400), *settings(max_steps=100_000), key=A)
+    out = tmp_path / "runs" / name
+    wait_for(out, lambda s: s.state == "running" and s.step >= 5)
+    assert "stopping" in st.stop(name, key=A)[0]  # never a signal: the server is the process training
+    s = wait_for(out, lambda s: s.state == "stopped")
+    assert s.has_last and not (out / worker.HALT).exists()
