@@ -11,6 +11,9 @@
     `start_training` (--corpus uploaded, the page's default settings) to the first loss point in `run_status` (what
     the page's plot shows); seconds to switch to that run's model, the first time (a load) and again (held); and
     (b)'s generate while the run trains against the same once it has been stopped.
+(d) a public studio (SCRATCHGPT_PUBLIC=1, a fresh app): what a second visitor waits for (the page, their runs
+    listed, a trivial request, generation) while no one trains and while a first visitor's run trains; then the
+    second visitor's own `start_training`, which joins the line.
 The checkpoint is the one app.py opens (or --checkpoint). Prints a Markdown table for bench/README.md.
 """
 
@@ -55,11 +58,11 @@ def wait_served(url: str, proc: subprocess.Popen, timeout: float = 300.0) -> Non
     raise TimeoutError(f"{url} not served after {timeout:.0f} s")
 
 
-def start_app(checkpoint: str, runs: str) -> tuple[subprocess.Popen, str, float]:
+def start_app(checkpoint: str, runs: str, **env_vars: str) -> tuple[subprocess.Popen, str, float]:
     """Run `python app.py` and return (process, url, seconds until the page is served)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "SCRATCHGPT_RUNS": runs}
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "SCRATCHGPT_RUNS": runs, **env_vars}
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--checkpoint", checkpoint,
                              "--host", "127.0.0.1", "--port", str(port)],
@@ -136,6 +139,74 @@ def studio(client, runs: Path, corpus: str, args) -> dict:
             "training": training, "idle": idle}
 
 
+def visitor(client, url: str, args) -> dict:
+    """What a visitor waits for: the page itself, their runs listed, a trivial request, and generation."""
+    def ms(fn) -> list[float]:
+        out = []
+        for _ in range(args.requests):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+        return out
+
+    return {"page": ms(lambda: urllib.request.urlopen(url, timeout=30).read()),
+            "list": ms(lambda: client.predict(B_KEY, api_name="/list_runs")),
+            "tokenize": ms(lambda: client.predict("hi", api_name="/tokenize")), "generate": generation(client, args)}
+
+
+A_KEY, B_KEY = "a" * 32, "b" * 32  # two visitors' keys (the page makes a random one per browser)
+
+
+def public_studio(checkpoint: str, corpus: str, args) -> dict:
+    """(d) a public studio (SCRATCHGPT_PUBLIC=1): a second visitor's waits, idle and while the first visitor's run
+    trains; then the second visitor's own start, which joins the line."""
+    from gradio_client import Client, handle_file
+
+    from llm import studio as words
+
+    runs = tempfile.mkdtemp(prefix="app_bench_public-")
+    proc, url, _ = start_app(checkpoint, runs, SCRATCHGPT_PUBLIC="1")
+    try:
+        first, second = Client(url, verbose=False), Client(url, verbose=False)
+        idle = visitor(second, url, args)
+        adv = words.size_settings("tiny")
+        settings = ["tiny", "bpe", adv["vocab_size"], 120, *(adv[n] for n in words.ADVANCED)]
+        name = first.predict("upload a .txt file", handle_file(corpus), "", *settings, A_KEY,
+                             api_name="/start_training")
+        while "<polyline" not in first.predict(name, A_KEY, api_name="/run_status")[2]:
+            time.sleep(0.2)
+        busy = visitor(second, url, args)
+        t = time.perf_counter()
+        theirs = second.predict("upload a .txt file", handle_file(corpus), "", *settings, B_KEY,
+                                api_name="/start_training")
+        joined = time.perf_counter() - t
+        line = second.predict(theirs, B_KEY, api_name="/run_status")[0]
+        print(f"second visitor's run: {line.splitlines()[0]}", flush=True)
+        for who, run, key in ((second, theirs, B_KEY), (first, name, A_KEY)):
+            who.predict(run, key, api_name="/stop_training")
+    finally:
+        stop_app(proc)
+        shutil.rmtree(runs, ignore_errors=True)
+    return {"idle": idle, "busy": busy, "joined": joined, "line": line}
+
+
+def public_rows(fig: dict) -> None:
+    def row(label: str, idle: list[float], busy: list[float], unit: str = "ms", scale: float = 1000) -> None:
+        i, b = statistics.median(idle) * scale, statistics.median(busy) * scale
+        print(f"| public studio, second visitor: {label} ({unit}) | {i:.0f} | {b:.0f} | {b / i:.2f} |")
+
+    print()
+    print("| measure | idle | while the first visitor trains | ratio |")
+    print("|---|---|---|---|")
+    row("page load", fig["idle"]["page"], fig["busy"]["page"])
+    row("`list_runs`", fig["idle"]["list"], fig["busy"]["list"])
+    row("`tokenize` of 2 characters", fig["idle"]["tokenize"], fig["busy"]["tokenize"])
+    row("first streamed token", fig["idle"]["generate"][0], fig["busy"]["generate"][0])
+    row("generate", fig["idle"]["generate"][1], fig["busy"]["generate"][1], "tokens/s", 1)
+    print(f"| public studio, second visitor: `start_training` while the line is busy (ms) | | "
+          f"{1000 * fig['joined']:.0f} | |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=None, help="default: what app.py opens")
@@ -145,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt", default="ROMEO:\n")
     p.add_argument("--corpus", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"),
                    help="the text the studio's run trains on")
-    p.add_argument("--no-studio", action="store_true", help="skip (c)")
+    p.add_argument("--no-studio", action="store_true", help="skip (c) and (d)")
     args = p.parse_args(argv)
 
     import app
@@ -173,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_app(proc)
         shutil.rmtree(runs, ignore_errors=True)
+    public = None if args.no_studio else public_studio(checkpoint, args.corpus, args)
 
     import torch
 
@@ -209,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{max(tp):.0f} |")
         ratio = statistics.median(fig["training"][1]) / statistics.median(fig["idle"][1])
         print(f"| studio: tokens/s while training / idle | {ratio:.2f} | | |")
+    if public:
+        public_rows(public)
     return 0
 
 
