@@ -180,7 +180,7 @@ class Studio:
         finished visitor runs removed first; refused in words when the room is not there."""
         st = self.settings
         if st.public and len(public.line(st.runs_dir)) >= st.max_waiting:
-            raise fail(f"{st.max_waiting} runs are waiting to train already, the most this server takes: try again "
+            raise fail(f"the line is full: {st.max_waiting} waiting to train, the most this server takes; try again "
                        "later")
         public.prune(st.runs_dir, st.keep_runs, st.max_runs_bytes)
         if st.keep_runs is not None and len(worker.list_runs(st.runs_dir)) >= st.keep_runs:

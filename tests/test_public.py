@@ -113,7 +113,7 @@ def test_a_second_trainer_waits_in_line_and_sees_its_place(tmp_path):
     assert "waiting in line, next" in status and st.poll(second, key=B)[4]["interactive"]  # Stop leaves the line
     third = st.start(SOURCES[1], None, make_text(400), *settings(max_steps=20), key=B)
     assert "place 2 (1 ahead of it)" in st.poll(third, key=B)[0]
-    with pytest.raises(gr.Error, match="2 runs are waiting to train already"):
+    with pytest.raises(gr.Error, match="the line is full: 2 waiting to train"):
         st.start(SOURCES[1], None, make_text(400), *settings(), key=A)
     assert "left the line" in st.stop(third, key=B)[0]
     st.stop(first, key=A)  # the first ends: the keeper starts the second in its turn
@@ -165,7 +165,7 @@ def test_two_clients_cannot_reach_each_others_runs(tmp_path):
     from test_app import free_port
 
     loaded = load_playground(str(tiny_run_dir(tmp_path)))
-    st = StudioSettings(runs_dir=tmp_path / "runs", train_threads=1, public=True)
+    st = StudioSettings(runs_dir=tmp_path / "runs", train_threads=1, public=True, max_waiting=1)
     demo = app.build_app(*loaded, stream_interval=0.0, settings=st)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
@@ -184,6 +184,8 @@ def test_two_clients_cannot_reach_each_others_runs(tmp_path):
             bob.predict(f"run/{name}", B, api_name="/switch_model")
         theirs = bob.predict(SOURCES[1], None, make_text(400), *settings(max_steps=20), B, api_name="/start_training")
         assert "waiting in line, next" in bob.predict(theirs, B, api_name="/run_status")[0]
+        with pytest.raises(Exception, match="the line is full: 1 waiting"):  # the owner's cap, in words
+            alice.predict(SOURCES[1], None, make_text(400), *settings(), A, api_name="/start_training")
         with pytest.raises(Exception, match="reload"):  # no key, no run
             bob.predict(SOURCES[1], None, make_text(400), *settings(), "", api_name="/start_training")
         alice.predict(name, A, api_name="/stop_training")
