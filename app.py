@@ -408,6 +408,7 @@ def build_app(model, tokenizer, meta: dict, name: str = "model", metrics: list[d
     st = Studio(settings or StudioSettings.from_env())
     if ZERO_GPU:
         st.slicer = zero_gpu_slicer(st.settings.slice_seconds)
+    st.restart_line()
     public_mode = st.settings.public  # visitors pick no Hub id: the Space's owner chooses the models it holds
     models = Models(first, st.settings.runs_dir, keep=st.settings.max_models, limits=limits,
                     stream_interval=stream_interval, allow_hub=not public_mode)
@@ -427,7 +428,7 @@ def build_app(model, tokenizer, meta: dict, name: str = "model", metrics: list[d
             hooks = [generate_switched, tokens_tab(models, key, run, prompt), tokenizer_tab(models, key),
                      model_tab(models, key, timer, header, run)]
             compare_tab(Compare(models, lambda k, v: may_open(models, st, k, v), stream_interval),
-                        lambda v: model_choices(models, st, v), visitor, EXAMPLES[0], EXPLORER_TEXT)
+                        lambda v: model_choices(models, st, v), visitor, EXAMPLES[0], EXPLORER_TEXT, gpu)
             runs, open_btn, plan, settings_inputs = train_tab(st, timer, visitor)
 
         gr.api(st.api_runs, api_name="list_runs")  # (outside the Tabs: an endpoint among them is taken for a tab)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import gradio as gr
 
-from llm import card, tokenview, viz
+from llm import card, tokenview
 from llm.checkpoint import metric_rows
 from llm.sample import KNOBS, SampleConfig, generate
 from playground import SEED, Models, Playground, check_number, check_text, fail
@@ -39,6 +39,34 @@ def stats_line(n: int, seconds: float, logprobs: list[float], text: str, done: b
         parts.append(f"mean log-probability **{sum(logprobs) / len(logprobs):.3f}** nats per token"
                      + (f" ({bpb:.3f} bits per byte)" if bpb is not None else ""))
     return " · ".join(parts) + ("" if done else " · generating…")
+
+
+class _Side:
+    """One model's half of a comparison: its events, text, log-probabilities and its own seconds."""
+
+    def __init__(self, events: Iterator):
+        self.events, self.text, self.logp, self.seconds, self.done, self.note = events, "", [], 0.0, False, ""
+
+    def step(self) -> None:
+        if self.done:
+            return
+        t = time.perf_counter()
+        ev = next(self.events, None)
+        self.seconds += time.perf_counter() - t
+        if ev is None:
+            self.done = True
+            return
+        self.text += ev.text
+        self.logp.append(math.log(max(ev.prob, 1e-12)))
+        self.done = ev.finish_reason is not None
+
+    def end(self, why: str) -> None:
+        if not self.done:
+            self.done, self.note = True, why
+
+    def line(self) -> str:
+        line = stats_line(len(self.logp), self.seconds, self.logp, self.text, self.done)
+        return line + (f" · stopped at {self.note}" if self.note else "")
 
 
 class Compare:
@@ -67,37 +95,24 @@ class Compare:
         a, b = self.pair(key_a, key_b, visitor)
         prompt = check_text("the prompt", prompt, a.limits.prompt_chars)
         n = int(check_number(MAX_NEW, max_new_tokens, 1, MAX_NEW_TOKENS))
-        seed = int(check_number(SEED, seed, 0))
-        runs = []
-        for pg in (a, b):
-            ids, _ = pg.prompt_ids(prompt)
-            cfg = SampleConfig(max_new_tokens=n, seed=seed, num_alternatives=1)  # the app's default sampling
-            runs.append({"events": generate(pg.model, pg.tokenizer, ids, cfg), "text": "", "logp": [],
-                         "seconds": 0.0, "done": False})
-        last = 0.0
+        cfg = SampleConfig(max_new_tokens=n, seed=int(check_number(SEED, seed, 0)), num_alternatives=1)
+        runs = [_Side(generate(pg.model, pg.tokenizer, pg.prompt_ids(prompt)[0], cfg)) for pg in (a, b)]
+        last, t0 = 0.0, time.perf_counter()
         try:
-            while not all(r["done"] for r in runs):
+            while not all(r.done for r in runs):
                 for r in runs:  # a token from each in turn: each one's time is its own
-                    if r["done"]:
-                        continue
-                    t = time.perf_counter()
-                    ev = next(r["events"], None)
-                    r["seconds"] += time.perf_counter() - t
-                    if ev is None:
-                        r["done"] = True
-                        continue
-                    r["text"] += ev.text
-                    r["logp"].append(math.log(max(ev.prob, 1e-12)))
-                    r["done"] = ev.finish_reason is not None
-                if time.perf_counter() - last >= self.stream_interval or all(r["done"] for r in runs):
+                    r.step()
+                if time.perf_counter() - t0 > a.limits.time_s:  # the app's limit per request
+                    for r in runs:
+                        r.end(f"the time limit of {a.limits.time_s:g} s per request")
+                if time.perf_counter() - last >= self.stream_interval or all(r.done for r in runs):
                     last = time.perf_counter()
-                    yield tuple(x for r in runs for x in (prompt + r["text"], stats_line(
-                        len(r["logp"]), r["seconds"], r["logp"], r["text"], r["done"])))
+                    yield tuple(x for r in runs for x in (prompt + r.text, r.line()))
         except ValueError as e:  # the sampler's one line: non-finite scores
             raise fail(str(e)) from None
         finally:
             for r in runs:
-                r["events"].close()
+                r.events.close()
 
     def curves(self, key_a: str, key_b: str, visitor: str = "") -> str:
         """Both models' validation bits per byte against the tokens they had seen, on one plot."""
@@ -106,9 +121,9 @@ class Compare:
             label = f"{'AB'[i]}: {pg.name}"
             if label in series:
                 label += " (again)"
-            series[label] = [(r.get("tokens_seen", r["step"]), r["bits_per_byte"])
-                             for r in metric_rows(pg.metric_rows(), "eval")
-                             if isinstance(r.get("bits_per_byte"), (int, float)) and "step" in r]
+            series[label] = [(r["tokens_seen"], r["bits_per_byte"]) for r in metric_rows(pg.metric_rows(fresh=True),
+                                                                                       "eval")
+                             if all(isinstance(r.get(k), (int, float)) for k in ("tokens_seen", "bits_per_byte"))]
             colors[label] = COLORS[i]
         return card.curves_svg(series, colors, "Validation loss", "tokens seen in training", "bits per byte",
                                width=720, height=300, empty="neither model has recorded evaluations", fit=True)
@@ -117,11 +132,8 @@ class Compare:
         """The same text through both tokenizers: (A's tokens, A's counts, B's tokens, B's counts)."""
         out = []
         for pg in self.pair(key_a, key_b, visitor):
-            text = check_text("the text", text, pg.limits.text_chars)
-            ids = pg.tokenizer.encode(text)
-            out.append(tokenview.tokens_html(pg.tokenizer, ids, color_by="id", show_ids=True,
-                                             empty="Type a text above to see both tokenizers split it."))
-            out.append(viz.counts_markdown(viz.text_counts(text, ids, len(pg.tokenizer.split(text)))))
+            _, tokens, _, counts = pg.explore(text)  # as the Tokenizer tab shows it
+            out += [tokens, counts]
         return out[0], out[1], out[2], out[3]
 
 
@@ -129,9 +141,10 @@ class Compare:
 # layout and wiring
 
 def compare_tab(cmp: Compare, choices: Callable[[str], list[tuple[str, str]]], visitor, prompt: str,
-                text: str) -> None:
+                text: str, gpu: Callable = lambda fn: fn) -> None:
     """The tab: two model pickers (filled by `choices(visitor)` when the tab opens), a prompt generated by both, the
-    validation curves, and a text split by both tokenizers."""
+    validation curves, and a text split by both tokenizers. `gpu` wraps what computes with the models (app.py's:
+    spaces.GPU on ZeroGPU)."""
     private = {"api_visibility": "private"}
     first = choices("")
     with gr.Tab("Compare", id="compare") as tab:
@@ -173,7 +186,7 @@ def compare_tab(cmp: Compare, choices: Callable[[str], list[tuple[str, str]]], v
     def split(key_a, key_b, text, visitor):
         return cmp.split(key_a, key_b, text, visitor=visitor)
 
-    go.click(generate, [pick_a, pick_b, prompt_box, n, seed, visitor], outs, api_name="compare")
+    go.click(gpu(generate), [pick_a, pick_b, prompt_box, n, seed, visitor], outs, api_name="compare")
     both = [pick_a, pick_b]
     for trigger in (tab.select, pick_a.change, pick_b.change):
         trigger(plot, [*both, visitor], [curves], **private)

@@ -12,6 +12,7 @@ Training itself is llm.worker (a process per run, through llm.train as train_cli
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import tempfile
 import threading
@@ -48,6 +49,7 @@ class Studio:
         self._timed: dict[tuple, float] = {}  # seconds per step, by shape
         self._lock = threading.RLock()  # one start, resume or launch from the line at a time: two cannot both pass
         self._keeper: threading.Thread | None = None  # starts waiting runs in their turn (public)
+        self._downloads = tempfile.mkdtemp(prefix="scratchgpt-downloads-")
         self.slicer = None  # (OUT, seconds) -> done: trains a slice here (ZeroGPU; app.py sets it), else processes
         self.hub_api = lambda token: None  # token -> the Hub client for a push (None: huggingface_hub's; tests fake it)
 
@@ -180,8 +182,7 @@ class Studio:
         finished visitor runs removed first; refused in words when the room is not there."""
         st = self.settings
         if st.public and len(public.line(st.runs_dir)) >= st.max_waiting:
-            raise fail(f"the line is full: {st.max_waiting} waiting to train, the most this server takes; try again "
-                       "later")
+            raise fail(self._full())
         public.prune(st.runs_dir, st.keep_runs, st.max_runs_bytes)
         if st.keep_runs is not None and len(worker.list_runs(st.runs_dir)) >= st.keep_runs:
             raise fail(f"this server keeps {st.keep_runs} runs at most, and none can be removed (each is training, "
@@ -189,6 +190,10 @@ class Studio:
         if st.max_runs_bytes is not None and (used := public.disk_used(st.runs_dir)) >= st.max_runs_bytes:
             raise fail(f"the runs here use {card.fmt_bytes(used)}, all this server allows them "
                        f"({card.fmt_bytes(st.max_runs_bytes)}), and none can be removed: try again later")
+
+    def _full(self) -> str:
+        return (f"the line is full: {self.settings.max_waiting} waiting to train, the most this server takes; try "
+                "again later")
 
     def _owner(self, key) -> str | None:
         """The visitor's id in a public studio (gr.Error when the page sent no key); None in a private one."""
@@ -240,11 +245,24 @@ class Studio:
                 return []
             out = waiting[0][0]
             (out / worker.QUEUED).unlink(missing_ok=True)
-        done = self.slicer(out, self.settings.slice_seconds)  # the lock is free meanwhile: pages stay responsive
+            # started from now on, while a GPU is found: never read as ended, removable or stopped unseen
+            worker.write_json(out / worker.STATUS, {"state": "started", "time": time.time(), "pid": os.getpid(),
+                                                    "slice": True})
+        try:
+            done = self.slicer(out, self.settings.slice_seconds)  # the lock is free meanwhile: pages stay responsive
+        except Exception as e:  # noqa: BLE001 - no GPU given (quota, a timeout): the run ends failed, the line goes on
+            worker.write_json(out / worker.STATUS, {"state": "failed", "time": time.time(), "message":
+                                                    f"its training slice failed: {type(e).__name__}: {e}"})
+            return [out.name]
         if not done:
             with self._lock:
                 public.enqueue(out, resume=True)
         return [out.name]
+
+    def restart_line(self) -> None:
+        """A server started again: runs left waiting in line get a keeper."""
+        if (self.settings.public or self.slicer is not None) and public.line(self.settings.runs_dir):
+            self._keep_line()
 
     def _keep_line(self) -> None:
         """The thread that starts waiting runs in their turn (one per studio, from the first run that waits)."""
@@ -268,16 +286,17 @@ class Studio:
     def stop(self, name: str, key: str = ""):
         """-> (the status line, the Stop button: off, so that a second press cannot stop the run unsaved)."""
         out = self.run_dir(name, key)
-        if worker.run_status(out, metrics=False).state == "queued":
-            with self._lock:
+        with self._lock:  # the keeper cannot launch it meanwhile
+            s = worker.run_status(out, metrics=False)
+            if s.state == "queued":
                 public.leave(out)
-            return f"**{name}**: left the line before it trained", gr.update(interactive=False)
-        if self.slicer is not None and worker.run_status(out, metrics=False).state == "running":
+                return f"**{name}**: left the line before it trained", gr.update(interactive=False)
+        if self.slicer is not None and s.live:
             (out / worker.HALT).touch()  # the slice training here stops at its next step
             return f"**{name}**: stopping: evaluating and saving…", gr.update(interactive=False)
         if not worker.stop(out):
             raise fail(f"{name} is not training")
-        how = "evaluating and saving" if worker.run_status(out).from_page else "saving, as Ctrl-C would"
+        how = "evaluating and saving" if s.from_page else "saving, as Ctrl-C would"
         return f"**{name}**: stopping: {how}…", gr.update(interactive=False)
 
     def resume(self, name: str, key: str = "") -> str:
@@ -291,6 +310,8 @@ class Studio:
             raise fail(f"{name} is {studio.STATE_WORDS.get(s.state, s.state)}: only a run that stopped resumes")
         with self._lock:
             if self._must_wait():
+                if len(public.line(self.settings.runs_dir)) >= self.settings.max_waiting:
+                    raise fail(self._full())
                 public.enqueue(out, resume=True)
                 waiting = True
             else:
@@ -313,19 +334,17 @@ class Studio:
         if not (out / "best" / CONFIG).is_file():
             raise fail(f"{name} has no saved model yet: its first evaluation saves one")
         try:
-            return str(public.archive(out, tempfile.mkdtemp(prefix="scratchgpt-download-")))
+            return str(public.archive(out, self._downloads))  # NAME.zip made again over the last one
         except OSError as e:
             raise fail(f"could not pack {name}: {_reason(e)}") from None
 
     def delete(self, name: str, key: str = "") -> str:
         """Remove a run that is not training (a waiting one leaves the line); its files are gone for good."""
         out = self.run_dir(name, key)
-        s = worker.run_status(out, metrics=False)
-        if s.live:
-            raise fail(f"{name} is training: stop it first")
-        with self._lock:
-            if s.state == "queued":
-                public.leave(out)
+        with self._lock:  # the keeper cannot launch it meanwhile
+            s = worker.run_status(out, metrics=False)
+            if s.live:
+                raise fail(f"{name} is training: stop it first")
             try:
                 shutil.rmtree(out)
             except OSError as e:

@@ -103,12 +103,13 @@ def prune(runs_dir: str | Path, keep: int | None, max_bytes: int | None) -> list
     a provided one) while the runs number `keep` or more, or use `max_bytes` or more. Returns the names removed."""
     runs = list_runs(runs_dir)  # newest first
     count, removed = len(runs), []
+    used = disk_used(runs_dir) if max_bytes is not None else 0
     for r in reversed(runs):
         if provided(r) or r.live or r.state == "queued":
             continue
-        full = max_bytes is not None and disk_used(runs_dir) >= max_bytes
-        if not (keep is not None and count >= keep or full):
+        if not (keep is not None and count >= keep or max_bytes is not None and used >= max_bytes):
             break
+        used -= disk_used(Path(runs_dir) / r.name) if max_bytes is not None else 0
         shutil.rmtree(Path(runs_dir) / r.name, ignore_errors=True)
         count -= 1
         removed.append(r.name)

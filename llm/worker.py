@@ -247,7 +247,8 @@ def _state(out: Path, status: dict) -> str:
     if (out / QUEUED).is_file() and said != "started":
         return "queued"
     if said == "started":
-        if is_running(out, WORKER_LOCK) or _no_locks() and _alive(status.get("pid")):
+        # a worker holds its lock; a slice (trained in the server's process, ZeroGPU) has only its pid to show
+        if is_running(out, WORKER_LOCK) or (_no_locks() or status.get("slice")) and _alive(status.get("pid")):
             return "starting"
         return "stopped" if status.get("stop_requested") else "killed"
     if said in ("finished", "stopped", "failed"):
@@ -436,6 +437,10 @@ def train_slice(out: Path, seconds: float) -> bool:
                          halt=(out / HALT).is_file)
     except (ValueError, TrainingError, OSError, KeyError) as e:
         _ended(out, "failed", str(e.args[0] if isinstance(e, FieldNames) and e.args else e))
+        return True
+    except Exception as e:  # noqa: BLE001 - a bug, or out of memory: the traceback to the log, a line to the page
+        traceback.print_exc()
+        _ended(out, "failed", f"the training slice failed: {type(e).__name__}: {e}")
         return True
     if summary["interrupted"]:
         (out / HALT).unlink(missing_ok=True)

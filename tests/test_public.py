@@ -331,3 +331,31 @@ def test_stop_ends_a_slice_training_in_the_server(tmp_path):
     assert "stopping" in st.stop(name, key=A)[0]  # never a signal: the server is the process training
     s = wait_for(out, lambda s: s.state == "stopped")
     assert s.has_last and not (out / worker.HALT).exists()
+
+
+def test_a_slice_that_gets_no_gpu_fails_its_run_and_the_line_goes_on(tmp_path):
+    st = public_studio(tmp_path, slice_seconds=5.0)
+
+    seen = []
+
+    def slicer(out, seconds):  # the first run in line gets no GPU
+        seen.append(out.name)
+        if out.name == seen[0]:
+            raise RuntimeError("no GPU could be had (quota)")
+        return worker.train_slice(out, seconds)
+
+    st.slicer = slicer
+    a = st.start(SOURCES[1], None, make_text(400), *settings(max_steps=20), key=A)
+    b = st.start(SOURCES[1], None, make_text(400), *settings(max_steps=20), key=B)
+    s = wait_for(tmp_path / "runs" / b, lambda s: s.state == "finished", timeout=120)
+    failed = worker.run_status(tmp_path / "runs" / a)
+    assert failed.state == "failed" and "no GPU could be had" in failed.message and s.owner == public.owner_id(B)
+
+
+def test_runs_left_waiting_get_a_keeper_after_a_restart(tmp_path):
+    runs = tmp_path / "runs"
+    out = _job(runs, "left", max_steps=10)
+    worker.write_json(out / worker.JOB, {**worker.read_json(out / worker.JOB), "owner": public.owner_id(A)})
+    public.enqueue(out)  # the server stopped with it in line
+    public_studio(tmp_path).restart_line()
+    wait_for(out, lambda s: s.state == "finished")
