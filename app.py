@@ -412,7 +412,9 @@ def build_app(model, tokenizer, meta: dict, name: str = "model", metrics: list[d
     public_mode = st.settings.public  # visitors pick no Hub id: the Space's owner chooses the models it holds
     models = Models(first, st.settings.runs_dir, keep=st.settings.max_models, limits=limits,
                     stream_interval=stream_interval, allow_hub=not public_mode)
-    with gr.Blocks(title="scratchgpt studio", analytics_enabled=False) as demo:  # no calls home
+    # no calls home; a public studio's uploads and downloads leave Gradio's cache after an hour
+    with gr.Blocks(title="scratchgpt studio", analytics_enabled=False,
+                   delete_cache=(3600, 3600) if public_mode else None) as demo:
         key = gr.State(FIRST)  # this session's model
         visitor = gr.Textbox("", visible=False)  # this browser's key to its runs (VISITOR_KEY fills it)
         with gr.Row(equal_height=True):

@@ -85,7 +85,7 @@ def push_panel(st: Studio, runs: gr.Dropdown, visitor: gr.Textbox) -> None:
             repo = gr.Textbox(label="Model repository", placeholder="your-name/my-gpt", max_length=96, scale=3,
                               info="USER/NAME; created if it does not exist")
             private = gr.Checkbox(label="private", value=False, scale=1)
-        push = gr.Button("Push to the Hub")
+        push = gr.Button("Push this run")
         said = gr.Markdown(elem_id="push-result")
     if oauth:
         def push_run(name, repo_id, private, key, token: gr.OAuthToken | None = None):
