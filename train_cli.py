@@ -13,8 +13,10 @@ import json
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from llm.cli import ArgumentParser, as_flags, flag
-from llm.config import from_dict, to_dict
+from llm.config import FIELD, from_dict, to_dict
 from llm.model import MLP_CHOICES, NORM_CHOICES, POSITIONS, ModelConfig
 from llm.run import CHOICES, PRESETS, TrainConfig, TrainingError
 from llm.train import train
@@ -193,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             model_kw, train_kw = split_settings(settings)
             model_cfg, train_cfg = from_dict(ModelConfig, model_kw), from_dict(TrainConfig, train_kw)
         summary = train(model_cfg, train_cfg, resume=args.resume, model_overrides=model_given,
-                        train_overrides=train_given, overwrite=args.overwrite, progress=not args.no_progress)
+                        train_overrides=train_given, overwrite=args.overwrite, progress=not args.no_progress,
+                        log=lambda line: tqdm.write(FIELD.sub(lambda m: flag(m[1]), line)))  # `dropout` -> --dropout
     except (ValueError, TrainingError, OSError) as e:
         print(f"train_cli.py: error: {as_flags(e)}", file=sys.stderr)
         return 1

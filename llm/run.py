@@ -159,6 +159,8 @@ class Run:
     autocast: contextlib.AbstractContextManager
     log: Callable[[str], None]
     prior_wall: float = 0.0  # wall-clock seconds of the sessions before this one
+    last_losses: dict | None = None  # the previous evaluation's, for the overfitting warning
+    warned_overfit: bool = False
     t_start: float = dataclasses.field(default_factory=time.time)
     start: RunState = dataclasses.field(init=False)  # where this session began
 

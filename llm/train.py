@@ -32,6 +32,7 @@ from llm.runtime import StopFlag, peak_flops, rng_state
 from llm.sample import NonFiniteScores, sample_text
 
 MAX_BAD_STEPS = 5  # non-finite losses in a row before a run gives up
+OVERFIT_RISE = 0.01  # nats per token: a validation loss this far above the last evaluation's is rising
 
 
 # -----------------------------------------------------------------------------
@@ -143,11 +144,26 @@ def evaluate(run: Run, save: bool) -> dict:
         if improved:
             save_run(run, "best", losses["val"], bpb)
     append_metrics(run.out, row)
+    warn_overfit(run, losses)
     note = ((" (best)" if improved else "") if save and sound else " (not saved: "
             + ("the weights or the scores are not finite)" if not sound else "the last steps' loss was not finite)"))
     run.log(f"step {state.step}: train {losses['train']:.4f}, val {losses['val']:.4f}, {bpb:.3f} bits/byte{note}"
             + (f"\n{row['sample']}" if "sample" in row else ""))
     return row
+
+
+def warn_overfit(run: Run, losses: dict[str, float]) -> None:
+    """Warn once per session when the validation loss rises while the training loss falls: the model has begun
+    to memorize its text. The settings to turn are marked `name` (train_cli.py shows them as flags)."""
+    prev, run.last_losses = run.last_losses, losses
+    if run.warned_overfit or prev is None or not all(map(math.isfinite, (*losses.values(), *prev.values()))):
+        return
+    if losses["val"] > prev["val"] + OVERFIT_RISE and losses["train"] < prev["train"]:
+        run.warned_overfit = True
+        run.log(f"warning: overfitting: the validation loss rose ({prev['val']:.4f} -> {losses['val']:.4f}) while "
+                f"the training loss fell ({prev['train']:.4f} -> {losses['train']:.4f}): the model has begun to "
+                "memorize its text. Fewer steps (`max_steps` or `time_budget`), `dropout` 0.1 or more, a smaller "
+                "model (`n_layer`, `n_embd`) or more text narrow the gap; best/ keeps the lowest validation loss.")
 
 
 def save_run(run: Run, kind: str, val_loss: float | None, bpb: float | None) -> None:

@@ -226,3 +226,26 @@ def test_help_gives_every_flag_a_line_and_its_default():
     groups = [g.title for g in train_cli.build_parser()._action_groups]
     assert groups[-5:] == ["data", "model", "optimisation", "run", "output"]
     assert "seconds" in next(a.help for a in actions if "--time-budget" in a.option_strings)
+
+
+def test_overfitting_is_warned_once_with_the_settings_to_turn(monkeypatch, capsys, corpus, tmp_path):
+    from types import SimpleNamespace
+
+    said = []
+    run = SimpleNamespace(last_losses=None, warned_overfit=False, log=said.append)
+    for train_loss, val_loss in ((3.0, 3.2), (2.8, 3.1), (2.6, 3.15), (2.4, 3.3)):  # val falls, then rises
+        train_mod.warn_overfit(run, {"train": train_loss, "val": val_loss})
+    assert len(said) == 1 and "validation loss rose (3.1000 -> 3.1500)" in said[0]
+    assert "`dropout`" in said[0] and "`max_steps`" in said[0]
+    quiet = SimpleNamespace(last_losses=None, warned_overfit=False, log=said.append)
+    for train_loss, val_loss in ((3.0, 3.2), (2.9, 3.205), (float("nan"), 9.0)):  # within noise; not finite
+        train_mod.warn_overfit(quiet, {"train": train_loss, "val": val_loss})
+    assert len(said) == 1
+
+    def fake_train(*args, log, **kwargs):  # what train_cli.py prints of a trainer's marked line
+        log("warning: try `dropout` 0.1 or fewer `max_steps`")
+        return {"out": str(tmp_path / "out"), "interrupted": 0, "step": 1, "best_val_loss": None}
+
+    monkeypatch.setattr(train_cli, "train", fake_train)
+    train_cli.main(["--corpus", str(corpus), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert "try --dropout 0.1 or fewer --max-steps" in capsys.readouterr().out
