@@ -42,6 +42,8 @@ SETTING_FLAGS = {
         ("norm", {"choices": NORM_CHOICES}, "normalization layer"),
         ("mlp", {"choices": MLP_CHOICES}, "feed-forward block"),
         ("tie_embeddings", {"action": argparse.BooleanOptionalAction}, "share the input embedding and output head"),
+        ("qk_norm", {"action": argparse.BooleanOptionalAction}, "normalize queries and keys per head (QK-norm)"),
+        ("logit_softcap", {"type": float}, "squash the output logits into +-this by cap*tanh(x/cap); 0 = off"),
     ],
     "optimisation": [
         ("optimizer", {"choices": CHOICES["optimizer"]}, "muon: Muon for block matrices, AdamW for the rest"),

@@ -141,7 +141,7 @@ def layer_predictions(model, ids: Sequence[int], k: int = 3) -> list[list[tuple[
     rows = []
     for x in streams:
         last = x.reshape(-1, x.shape[-1])[-1]  # the last position's residual stream, (C,)
-        probs = torch.softmax(model.lm_head(model.ln_f(last)).float(), dim=-1)
+        probs = torch.softmax(model.head(last).float(), dim=-1)
         top = probs.topk(min(k, probs.numel()))
         rows.append(list(zip(top.indices.tolist(), top.values.tolist())))
     return rows

@@ -11,13 +11,14 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm.model import GPT, RMSNorm, apply_rope, mlp_activation, unit_norm
+from llm.model import GPT, QK_EPS, RMSNorm, apply_rope, mlp_activation, softcap, unit_norm
 
 StepFn = Callable[[torch.Tensor, "KVCache"], torch.Tensor]  # (idx (B, 1), cache) -> logits (B, V)
 
@@ -134,6 +135,9 @@ def decoder(model: GPT) -> StepFn:
         # In-place ops (add_, mul_) only ever write tensors this step created
         for (ln_1, attn_in, attn_out, ln_2, fc, proj, swiglu), kv in zip(layers, kv_cache.layers):
             qkv = attn_in(ln_1(x))  # (B, 3C)
+            if c.qk_norm:  # q and k to norm sqrt(hd) per head, in place
+                qk = qkv.view(B, 3, H, hd).narrow(1, 0, 2)
+                qk.div_(torch.linalg.vector_norm(qk, dim=-1, keepdim=True).clamp_min_(QK_EPS)).mul_(math.sqrt(hd))
             if freqs is not None and qkv.dtype == torch.float32:
                 torch.view_as_complex(qkv.view(B, 3, H, 1, hd // 2, 2)).mul_(freqs)
             elif freqs is not None:  # a half-precision model or autocast: complex math in fp32
@@ -145,6 +149,6 @@ def decoder(model: GPT) -> StepFn:
             x.add_(attn_out(y.view(B, -1)))
             x.add_(proj(mlp_activation(fc(ln_2(x)), swiglu)))
         kv_cache.advance(1)
-        return head(ln_f(x))
+        return softcap(head(ln_f(x)), c.logit_softcap)
 
     return step

@@ -38,6 +38,8 @@ class ModelConfig:
     mlp: str = "swiglu"  # swiglu | gelu
     tie_embeddings: bool = True
     rope_theta: float = 10000.0
+    qk_norm: bool = False  # queries and keys RMS-normalized per head before attention (bounded attention logits)
+    logit_softcap: float = 0.0  # output logits squashed to (-cap, cap) by cap * tanh(logits / cap); 0 = off
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -54,6 +56,8 @@ class ModelConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if not self.rope_theta > 0:
             raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
+        if not (isinstance(self.logit_softcap, (int, float)) and 0.0 <= self.logit_softcap < math.inf):
+            raise ValueError(f"logit_softcap must be a number >= 0 (0 = off), got {self.logit_softcap!r}")
 
 
 class KVCacheProtocol(Protocol):
@@ -161,12 +165,20 @@ POSITIONS: dict[str, type[Positions]] = {"rope": RotaryPositions, "learned": Lea
 # the blocks
 
 
+QK_EPS = 1e-6  # qk_norm's floor on a head's norm
+
+
 def unit_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     """x / ||x|| over the last dim (||x|| at least eps)."""
     return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)
 
 
-def rms_norm(x: torch.Tensor, gain: torch.Tensor, eps: float) -> torch.Tensor:
+def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """cap * tanh(logits / cap): near the identity for small logits, never beyond +-cap; cap 0 = unchanged."""
+    return cap * torch.tanh(logits / cap) if cap else logits
+
+
+def rms_norm(x: torch.Tensor, gain: torch.Tensor | float, eps: float) -> torch.Tensor:
     """x / ||x|| * gain over the last dim; RMSNorm's gain is weight * sqrt(C), as ||x|| = sqrt(C) * rms(x)."""
     return unit_norm(x, eps) * gain
 
@@ -201,6 +213,7 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.head_dim = config.n_embd // config.n_head
         self.dropout = config.dropout
+        self.qk_norm = config.qk_norm
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
 
@@ -210,6 +223,8 @@ class CausalSelfAttention(nn.Module):
         the explicit softmax(QK^T)V path runs and appends this layer's weights (B, H, T, Tk) to it."""
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim)  # (B, T, 3, H, hd)
         qk, v = qkv.narrow(2, 0, 2), qkv.select(2, 2)  # (B, T, 2, H, hd), (B, T, H, hd)
+        if self.qk_norm:
+            qk = rms_norm(qk, math.sqrt(self.head_dim), QK_EPS)
         if freqs is not None:
             qk = apply_rope(qk, freqs)  # q and k rotated in one go
         q, k = qk.transpose(1, 3).unbind(2)  # (B, H, T, hd) each
@@ -313,7 +328,7 @@ class GPT(nn.Module):
         With kv_cache, idx holds the positions after the cached ones; the cache is extended by T."""
         B, T = idx.shape
         x = self._trunk(idx, kv_cache, None)
-        logits = self.lm_head(self.ln_f(x))  # (B * T, V)
+        logits = self.head(x)  # (B * T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float(), targets.flatten(), ignore_index=-1)
@@ -325,7 +340,12 @@ class GPT(nn.Module):
         B, T = idx.shape
         attns: list[torch.Tensor] = []
         x = self._trunk(idx, None, attns)
-        return self.lm_head(self.ln_f(x)).view(B, T, -1), attns
+        return self.head(x).view(B, T, -1), attns
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual stream (..., C) -> logits (..., V): the final norm, the output layer, the soft cap."""
+        logits = self.lm_head(self.ln_f(x))
+        return softcap(logits, self.config.logit_softcap)
 
     def _trunk(self, idx: torch.Tensor, kv_cache: KVCacheProtocol | None,
                attns: list[torch.Tensor] | None) -> torch.Tensor:

@@ -289,6 +289,9 @@ CONFIG_WORDS = {
     "mlp": "the per-token feed-forward layer: swiglu is a gated one (as in Llama), gelu the GPT-2 one",
     "tie_embeddings": "whether the output layer reuses the input embedding table (fewer parameters)",
     "rope_theta": "rope's base: larger values let positions far apart still be told apart",
+    "qk_norm": "whether queries and keys are normalized per head, which keeps attention from saturating",
+    "logit_softcap": "the output logits squashed to within +-this value (0 = off), which keeps predictions from "
+                     "getting overconfident",
 }
 SUMMARY_WORDS = {
     "steps": "optimizer updates the run made",

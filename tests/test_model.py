@@ -38,6 +38,8 @@ def tiny(**kw) -> GPT:
         ({"n_layer": 0}, "n_layer must be an integer >= 1"),
         ({"vocab_size": -5}, "vocab_size"),
         ({"dropout": 1.0}, "dropout must be in [0, 1)"),
+        ({"logit_softcap": -1.0}, "logit_softcap must be a number >= 0"),
+        ({"logit_softcap": math.inf}, "logit_softcap must be a number >= 0"),
     ],
 )
 def test_config_rejects_bad_values(kw, words):
@@ -170,3 +172,36 @@ def test_rope_in_half_precision_matches_float32():
     torch.testing.assert_close(out.float(), apply_rope(x, freqs), rtol=2e-2, atol=2e-2)
     # rotation keeps each pair's length
     torch.testing.assert_close(apply_rope(x, freqs).norm(dim=-1), x.norm(dim=-1))
+
+
+def test_logit_softcap_bounds_the_logits_and_keeps_small_ones():
+    from llm.model import softcap
+
+    x = torch.tensor([-1000.0, -3.0, 0.0, 0.01, 3.0, 1000.0])
+    capped = softcap(x, 15.0)
+    assert capped.abs().max() <= 15.0 and capped[0] == pytest.approx(-15.0) and capped[2] == 0.0  # tanh: float 1.0
+    assert capped[3] == pytest.approx(0.01, rel=1e-6)  # near the identity for small logits (known answer)
+    assert torch.equal(softcap(x, 0.0), x)  # 0 = off
+    model = tiny(logit_softcap=2.0)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1000.0)  # logits that would be huge
+    logits, _ = model(torch.randint(0, 37, (2, 16)))
+    assert logits.abs().max() <= 2.0
+
+
+def test_qk_norm_bounds_the_attention_logits():
+    """With qk_norm each head's q and k have norm sqrt(hd), so q.k / sqrt(hd) stays within +-sqrt(hd) however large
+    the weights grow: the attention cannot saturate into one-hot rows."""
+    plain, normed = tiny(), tiny(qk_norm=True)
+    for m in (plain, normed):
+        with torch.no_grad():
+            m.h[0].attn.c_attn.weight.mul_(300.0)
+    idx = torch.randint(0, 37, (1, 16))
+    _, (att_plain, *_) = plain.attention_maps(idx)
+    _, (att_normed, *_) = normed.attention_maps(idx)
+    hd = 16 // 2
+    # a softmax over logits within +-sqrt(hd) puts at most e^(2 sqrt(hd)) / (e^(2 sqrt(hd)) + T - 1) on one key
+    bound = math.exp(2 * math.sqrt(hd)) / (math.exp(2 * math.sqrt(hd)) + 15)
+    assert att_normed[0, :, -1].max() <= bound + 1e-6
+    assert att_plain[0, :, -1].max() > 0.999  # without it, scaled weights make a one-hot row
+    assert normed.config.qk_norm and not plain.config.qk_norm

@@ -87,15 +87,16 @@ def test_cache_logits_match_full_forward_with_chunk_after_filled_cache(pos):
         model(idx[:, :1], kv_cache=cache)
 
 
+@pytest.mark.parametrize("extra", [{}, {"qk_norm": True, "logit_softcap": 4.0}], ids=["plain", "qknorm-softcap"])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("norm,mlp", [("rmsnorm", "swiglu"), ("layernorm", "gelu"), ("rmsnorm", "gelu")])
 @pytest.mark.parametrize("pos", POSITIONS)
-def test_decoder_steps_equal_forward_for_every_variant(pos, norm, mlp, bias):
+def test_decoder_steps_equal_forward_for_every_variant(pos, norm, mlp, bias, extra):
     """decoder(model), the sampler's lean one-token step (its own code), against forward: the same logits and
     cache as forward's one-token steps up to float rounding, and close to one full forward, for three rows that
     share a batch-1 prefill. The tolerance is float32 rounding's: over 15 seeds the step used under 5% of it,
     while leaving out one folded RMSNorm gain overshoots it 50-fold or more."""
-    model = tiny(pos, norm=norm, mlp=mlp, bias=bias)
+    model = tiny(pos, norm=norm, mlp=mlp, bias=bias, **extra)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(("bias", "ln_1.weight", "ln_2.weight", "ln_f.weight")):  # not the init's 0 / 1

@@ -249,3 +249,28 @@ def test_overfitting_is_warned_once_with_the_settings_to_turn(monkeypatch, capsy
     monkeypatch.setattr(train_cli, "train", fake_train)
     train_cli.main(["--corpus", str(corpus), "--out", str(tmp_path / "out"), "--no-progress"])
     assert "try --dropout 0.1 or fewer --max-steps" in capsys.readouterr().out
+
+
+def test_qk_norm_and_softcap_train_save_load_and_resume_exactly(corpus, tmp_path):
+    """The new architecture options go through the whole trainer: saved in config.json, loaded back, and a run
+    cut after each step and resumed ends with the same weights as one run through."""
+    from llm.model import ModelConfig
+    from llm.run import TrainConfig
+
+    model_cfg = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, qk_norm=True, logit_softcap=8.0)
+    cfg = {"corpus": (str(corpus),), "vocab_size": 300, "batch_size": 4, "max_steps": 12, "eval_interval": 4,
+           "eval_iters": 1, "sample_tokens": 0, "compile": False}
+    whole, cut = TrainConfig(**cfg, out=str(tmp_path / "whole")), TrainConfig(**cfg, out=str(tmp_path / "cut"))
+    train_mod.train(model_cfg, whole, progress=False, log=lambda s: None)
+    summary = train_mod.train(model_cfg, cut, progress=False, log=lambda s: None, deadline=time.monotonic())
+    pieces = 1
+    while summary["cut"]:  # one step per call, each resuming from last/
+        summary = train_mod.train(None, TrainConfig(out=cut.out), resume=True, progress=False, log=lambda s: None,
+                                  deadline=time.monotonic())
+        pieces += 1
+    assert pieces == 12
+    for kind in ("best", "last"):
+        assert (tmp_path / "whole" / kind / "model.safetensors").read_bytes() == \
+            (tmp_path / "cut" / kind / "model.safetensors").read_bytes()
+    model, _, _ = load_checkpoint(tmp_path / "cut")
+    assert model.config.qk_norm and model.config.logit_softcap == 8.0
