@@ -144,8 +144,11 @@ def train_tab(st: Studio, timer: gr.Timer, visitor: gr.Textbox) -> tuple[gr.Drop
                concurrency_limit=None, **PRIVATE)
     download.click(keyed(st.download), [runs, visitor], [archive], api_name="download_run") \
         .success(lambda: gr.update(visible=True), None, [archive], queue=False, **PRIVATE)
-    delete.click(lambda name: (gr.update(visible=True), f"Delete **{viz.escape_markdown(name or '')}** and all its "
-                               "files? This cannot be undone."), [runs], [confirm, sure], queue=False, **PRIVATE)
+    def ask(name):
+        return gr.update(visible=True), (f"Delete **{viz.escape_markdown(name or '')}** and all its files? This "
+                                         "cannot be undone.")
+
+    delete.click(ask, [runs], [confirm, sure], queue=False, **PRIVATE)
     no.click(lambda: gr.update(visible=False), None, [confirm], queue=False, **PRIVATE)
     yes.click(keyed(st.delete), [runs, visitor], [status], api_name="delete_run") \
         .then(lambda: gr.update(visible=False), None, [confirm], queue=False, **PRIVATE) \

@@ -24,10 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from llm.checkpoint import read_metrics  # noqa: E402
-from llm.model import ModelConfig  # noqa: E402
-from llm.run import TrainConfig  # noqa: E402
-from llm.train import train  # noqa: E402
+from llm.checkpoint import read_metrics
+from llm.model import ModelConfig
+from llm.run import TrainConfig
+from llm.train import train
 
 VARIANTS = {
     "default": {},

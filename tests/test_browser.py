@@ -66,8 +66,8 @@ def page(served):
 
 TEXT = "Text (tokenized as you type)"
 # the text a token view draws, without the ids after its tokens
-SHOWN_TEXT = "v => [...v.querySelectorAll('.t')].map(t => { const c = t.cloneNode(true); " \
-             "c.querySelectorAll('sub').forEach(s => s.remove()); return c.textContent; }).join('')"
+SHOWN_TEXT = ("v => [...v.querySelectorAll('.t')].map(t => { const c = t.cloneNode(true); "
+              "c.querySelectorAll('sub').forEach(s => s.remove()); return c.textContent; }).join('')")
 
 
 def test_generate_then_tokenizer_in_chromium(served, page, tmp_path):
@@ -443,7 +443,10 @@ def test_on_a_phone_every_tab_fits_and_the_settings_come_before_the_output(serve
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto(served[0])
     page.get_by_label("Seed").wait_for(state="hidden", timeout=10_000)  # the settings start folded
-    top = lambda sel: page.locator(sel).evaluate("e => e.getBoundingClientRect().top")  # noqa: E731
+
+    def top(sel: str) -> float:
+        return page.locator(sel).evaluate("e => e.getBoundingClientRect().top")
+
     assert top("#sampling") < top("#output") and top("#sampling") < 844 + 200
     for tab in ("Generate", "Tokens", "Tokenizer", "Model", "Train"):
         _more_tabs(page, tab)

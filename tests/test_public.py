@@ -79,7 +79,7 @@ def test_archive_holds_the_model_without_the_visitors_mark(tmp_path):
         assert not any("train.bin" in n or "train_state" in n for n in names)
         assert "owner" not in json.loads(f.read(f"{out.name}/{worker.JOB}"))
         f.extractall(tmp_path / "unzipped")
-    model, tokenizer, meta = load_checkpoint(tmp_path / "unzipped" / out.name)
+    model, _, _ = load_checkpoint(tmp_path / "unzipped" / out.name)
     assert model.num_params() > 0
 
 
