@@ -34,6 +34,7 @@ VARIANTS = {
     "qk_norm": {"qk_norm": True},
     "softcap": {"logit_softcap": 15.0},
     "both": {"qk_norm": True, "logit_softcap": 15.0},
+    "dropout": {"dropout": 0.1},
 }
 
 
