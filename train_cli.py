@@ -36,7 +36,8 @@ SETTING_FLAGS = {
         ("n_head", {"type": int}, "attention heads per block (divides --n-embd)"),
         ("n_embd", {"type": int}, "width: the size of each token's vector"),
         ("block_size", {"type": int}, "context length, in tokens"),
-        ("dropout", {"type": float}, "dropout probability while training"),
+        ("dropout", {"type": float}, "dropout on the residual stream while training (embeddings, block outputs)"),
+        ("attn_dropout", {"type": float}, "dropout on the attention weights while training"),
         ("bias", {"action": argparse.BooleanOptionalAction}, "biases in linear layers and norms"),
         ("pos", {"choices": list(POSITIONS)}, "position encoding"),
         ("norm", {"choices": NORM_CHOICES}, "normalization layer"),
@@ -44,6 +45,10 @@ SETTING_FLAGS = {
         ("tie_embeddings", {"action": argparse.BooleanOptionalAction}, "share the input embedding and output head"),
         ("qk_norm", {"action": argparse.BooleanOptionalAction}, "normalize queries and keys per head (QK-norm)"),
         ("logit_softcap", {"type": float}, "squash the output logits into +-this by cap*tanh(x/cap); 0 = off"),
+        ("value_embed", {"action": argparse.BooleanOptionalAction}, "value embeddings: a table per block added to "
+                                                                     "the attention values"),
+        ("x0_mix", {"action": argparse.BooleanOptionalAction}, "mix the embeddings into every block's input, "
+                                                                 "learned"),
     ],
     "optimisation": [
         ("optimizer", {"choices": CHOICES["optimizer"]}, "muon: Muon for block matrices, AdamW for the rest"),
@@ -51,7 +56,8 @@ SETTING_FLAGS = {
         ("muon_lr", {"type": float}, "Muon's peak learning rate"),
         ("min_lr", {"type": float}, "AdamW's learning rate at the end of the cosine (Muon's by the same ratio)"),
         ("warmup_steps", {"type": int}, "steps of linear warmup"),
-        ("weight_decay", {"type": float}, "AdamW's decoupled weight decay"),
+        ("weight_decay", {"type": float}, "decoupled weight decay (AdamW's matrices and embeddings, Muon's)"),
+        ("ema", {"type": float}, "evaluate and save an average of the weights with this decay per step; 0 = off"),
         ("grad_clip", {"type": float}, "clip the gradient norm to this; 0 = off"),
         ("batch_size", {"type": int}, "sequences per micro-batch"),
         ("grad_accum", {"type": int}, "micro-batches per step"),
@@ -193,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
             check_can_push(args.push_to_hub)
         if args.resume:  # the configs come from OUT/last; train() checks what was given against them
             model_cfg, train_cfg = None, TrainConfig(out=settings["out"])
-        else:
-            model_kw, train_kw = split_settings(settings)
+        else:  # what was given is checked first; then the rule fills in the rest
+            from_dict(ModelConfig, model_given), from_dict(TrainConfig, train_given)
+            model_kw, train_kw = split_settings(auto_fill(settings))
             model_cfg, train_cfg = from_dict(ModelConfig, model_kw), from_dict(TrainConfig, train_kw)
         summary = train(model_cfg, train_cfg, resume=args.resume, model_overrides=model_given,
                         train_overrides=train_given, overwrite=args.overwrite, progress=not args.no_progress,
@@ -227,6 +234,23 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"pushed to {url}; open it with: python app.py --checkpoint {args.push_to_hub}")
     return 0
+
+
+def auto_fill(settings: dict) -> dict:
+    """The settings with what the rule of llm/auto.py picks for those not given (README, "Settings chosen for
+    you"), said in one line."""
+    from llm.auto import auto_settings, measure_flops
+    from llm.data import resolve_corpus
+    from llm.runtime import pick_device
+
+    size = sum(resolve_corpus(spec).stat().st_size for spec in settings["corpus"])
+    timed = settings.get("time_budget") or not settings.get("max_steps")
+    flops = measure_flops(pick_device(settings.get("device", "auto"))) if timed else None
+    chosen, why = auto_settings(settings, size, flops)
+    if chosen:
+        print(f"settings for {why}: " + " ".join(f"{flag(k)} {v:g}" if isinstance(v, float) else f"{flag(k)} {v}"
+                                                 for k, v in chosen.items()) + " (a flag of yours overrides any)")
+    return {**chosen, **settings}
 
 
 def _corpus_name(spec: str) -> str:

@@ -5,8 +5,10 @@
 
 (a) reference: nanoGPT's CPU "baby GPT" (4 layers, 4 heads, 128 dims, block 64, batch 12, learned positions,
     LayerNorm, GELU, AdamW lr 1e-3, warmup 100, cosine to 1e-4 over 2000 steps, dropout 0), character level;
-(b) this project's default architecture and optimizer, character level, given the wall-clock time (a) took;
-(c) `python train_cli.py --corpus FILE` with nothing else (BPE, defaults, 5 minutes).
+(b) this project's defaults, character level, given the training time (a) took, with what train_cli.py's rule
+    (llm/auto.py) picks for that text and budget;
+(c) `python train_cli.py --corpus FILE` with nothing else (BPE, defaults, 5 minutes);
+(d) the same with the settings train_cli.py had before issue 17 (PREVIOUS).
 Prints val loss against training time for (a) and (b), the time each needs to reach 1.89, and (c)'s bits per byte.
 Training time excludes evaluation, for both.
 """
@@ -26,12 +28,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import torch
+
+from llm.auto import auto_settings, measure_flops
 from llm.checkpoint import read_metrics
 from llm.model import ModelConfig
 from llm.run import TrainConfig
 from llm.train import train
 
 TARGET = 1.89
+# train_cli.py's flags for its settings before issue 17 (model quality): no dropout, context 64 x batch 32, no value
+# embeddings, no average of the weights
+PREVIOUS = ["--dropout", "0", "--block-size", "64", "--batch-size", "32", "--no-value-embed", "--ema", "0"]
 
 
 def run(name: str, model_cfg: ModelConfig, cfg: TrainConfig) -> list[dict]:
@@ -54,7 +62,8 @@ def val_at(rows: list[dict], t: float) -> float:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--corpus", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
-    p.add_argument("--skip-default-run", action="store_true", help="skip (c), the 5-minute BPE run")
+    p.add_argument("--skip-default-run", action="store_true", help="skip (c) and (d), the 5-minute BPE runs")
+    p.add_argument("--keep", metavar="DIR", help="write (c)'s run there (the bundled model is its best/)")
     p.add_argument("--skip-reference", type=float, default=0.0,
                    help="seconds: skip (a) and give (b) this budget instead")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
@@ -73,7 +82,7 @@ def main() -> None:
             pass  # a plain string, e.g. pos=learned
         (model_set if key in ModelConfig.__dataclass_fields__ else train_set)[key] = value
     try:
-        def_model = ModelConfig(**model_set)
+        ModelConfig(**model_set)
         TrainConfig(**train_set)
     except (TypeError, ValueError) as e:
         p.error(f"--set: {e}")
@@ -84,14 +93,23 @@ def main() -> None:
     ref_rows = []
     if not args.skip_reference:
         ref_model = ModelConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False,
-                                pos="learned", norm="layernorm", mlp="gelu", tie_embeddings=True)
+                                pos="learned", norm="layernorm", mlp="gelu", tie_embeddings=True,
+                                value_embed=False)
         ref_train = TrainConfig(**common, out=str(tmp / "ref"), batch_size=12, lr=1e-3, min_lr=1e-4,
                                 warmup_steps=100, max_steps=2000, optimizer="adamw", beta2=0.99, weight_decay=0.1,
-                                grad_clip=1.0, eval_interval=100)
+                                grad_clip=1.0, eval_interval=100, ema=0.0)
         ref_rows = run("(a) nanoGPT baby GPT", ref_model, ref_train)
     budget = args.skip_reference or ref_rows[-1]["train_time"]
 
+    # (b) is what `train_cli.py --corpus FILE --tokenizer char --time-budget (a)'s time` would train: the configs'
+    # defaults with llm/auto.py's choices for that text and budget on this machine (--set overrides them)
+    given = {"tokenizer": "char", "time_budget": budget, **model_set, **train_set}
+    chosen, why = auto_settings(given, Path(corpus).stat().st_size, measure_flops(torch.device("cpu")))
+    print(f"(b) settings for {why}: {chosen}", flush=True)
+    def_model = ModelConfig(**{**{k: v for k, v in chosen.items() if k in ModelConfig.__dataclass_fields__},
+                               **model_set})
     def_train = TrainConfig(**{**common, "out": str(tmp / "default"), "time_budget": budget, "eval_interval": 25,
+                               **{k: v for k, v in chosen.items() if k in TrainConfig.__dataclass_fields__},
                                **train_set})
     def_rows = run("(b) project default" + (f" with {' '.join(args.set)}" if args.set else ""),
                    def_model, def_train)
@@ -112,14 +130,18 @@ def main() -> None:
         print(f"at equal time ({budget:.1f} s): reference {a:.4f}, default {b:.4f}, difference {a - b:.4f}")
 
     if not args.skip_default_run:
-        out = tmp / "cli"
-        t = time.time()
-        subprocess.run([sys.executable, str(ROOT / "train_cli.py"), "--corpus", corpus, "--out", str(out),
-                        "--no-progress"], check=True, stdout=subprocess.DEVNULL)
-        best = json.loads((out / "best" / "meta.json").read_text())
-        print(f"\n(c) train_cli.py --corpus {Path(corpus).name} (defaults, BPE): best val bits per byte "
-              f"{best['bits_per_byte']:.3f} (val loss {best['val_loss']:.4f}) after {best['step']} steps, "
-              f"{time.time() - t:.0f} s wall in all")
+        print()
+        for name, flags, out in (("(c) the defaults", [], Path(args.keep) if args.keep else tmp / "cli"),
+                                 ("(d) the defaults before issue 17", PREVIOUS, tmp / "previous")):
+            t = time.time()
+            subprocess.run([sys.executable, str(ROOT / "train_cli.py"), "--corpus", corpus, "--out", str(out),
+                            "--no-progress", "--overwrite", *flags], check=True, stdout=subprocess.DEVNULL)
+            best = json.loads((out / "best" / "meta.json").read_text())
+            last = [r for r in read_metrics(out) if r["kind"] == "eval"][-1]
+            print(f"{name}: train_cli.py --corpus {Path(corpus).name} {' '.join(flags)}: best val bits per byte "
+                  f"{best['bits_per_byte']:.4f} (val loss {best['val_loss']:.4f}) at step {best['step']}, last "
+                  f"{last['bits_per_byte']:.4f} at step {last['step']}, {time.time() - t:.0f} s wall in all",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -215,9 +215,12 @@ def _architecture(model: dict, meta: dict, tok_kind: str) -> str:
         ("normalization", model.get("norm", "n/a")),
         ("MLP", model.get("mlp", "n/a")),
         ("tied embeddings", model.get("tie_embeddings", "n/a")),
+        ("value embeddings", model.get("value_embed", False)),
         ("dropout", model.get("dropout", "n/a")),
         ("bias", model.get("bias", "n/a")),
-    ])
+    ] + [(name, model[key]) for name, key in (("QK-norm", "qk_norm"), ("logit soft-cap", "logit_softcap"),
+                                              ("embeddings mixed into each block", "x0_mix"),
+                                              ("attention dropout", "attn_dropout")) if model.get(key)])
 
 
 def _corpus_size(data: dict) -> tuple[str, str]:
@@ -248,6 +251,8 @@ def _training(model: dict, train: dict, meta: dict, data: dict, final: dict, cor
         ("batch per step", per_step),
         ("optimizer", f"{train.get('optimizer', 'n/a')} (lr {train.get('lr', 'n/a')}, "
                       f"{train.get('warmup_steps', 'n/a')} warmup steps, cosine to {train.get('min_lr', 'n/a')})"),
+        ("weights saved", f"an average of the weights over the last steps (decay {train['ema']} per step)"
+         if train.get("ema") else "as trained"),
         ("training time", f"{fmt_duration(meta.get('train_time'))} (wall clock {fmt_duration(meta.get('wall_time'))})"),
         ("hardware", meta.get("hardware") or meta.get("device") or "n/a"),
         ("final train loss", f"{_num(final.get('train_loss'))} (step {final.get('step', 'n/a')})"),

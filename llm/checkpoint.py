@@ -28,8 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from llm.config import from_dict, to_dict
@@ -44,6 +43,7 @@ METRICS, DATA_INFO, TRAIN_BIN, VAL_BIN = "metrics.jsonl", "data.json", "train.bi
 LOCK = ".lock"  # held by the run that writes the directory
 MAX_BLOCK_SIZE = 1 << 20  # a context longer than this is no model this code trains: a config asking for it is broken
 CHECKPOINT_KINDS = ("best", "last")
+ABSENT = {"model": {"value_embed": False}, "train": {"ema": 0.0}}  # what older checkpoints were trained with
 __version__ = "0.1.0"
 
 
@@ -134,12 +134,9 @@ def _fsync(path: Path) -> None:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
-    try:
+    with contextlib.suppress(OSError):
         os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    os.close(fd)
 
 
 def _versions() -> dict[str, str]:
@@ -373,9 +370,11 @@ def _config_dict(d: Path) -> dict:
 
 
 def _config(d: Path) -> tuple[ModelConfig, dict]:
-    cfg = _config_dict(d)
+    cfg = _config_dict(d)  # a key that a checkpoint from before it existed lacks: ABSENT's value, not the default
+    model, train = ({**ABSENT[k], **cfg[k]} if cfg.get(k) and isinstance(cfg[k], dict) else cfg.get(k) or {}
+                    for k in ("model", "train"))
     try:
-        return from_dict(ModelConfig, cfg.get("model", {})), cfg.get("train", {}) or {}
+        return from_dict(ModelConfig, model), train
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{d / CONFIG}: {e}") from None
 

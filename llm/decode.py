@@ -116,8 +116,10 @@ def decoder(model: GPT) -> StepFn:
     layers = []
     for block in model.h:
         (ln_1, g_1), (ln_2, g_2) = _norm(block.ln_1), _norm(block.ln_2)
-        layers.append((ln_1, _linear(block.attn.c_attn, g_1), _linear(block.attn.c_proj),
-                       ln_2, _linear(block.mlp.c_fc, g_2), _linear(block.mlp.c_proj), block.mlp.swiglu))
+        ve = block.attn.value_embed.weight.detach() if block.attn.value_embed is not None else None
+        mix = block.lambdas.detach().clone().tolist() if block.lambdas is not None else None
+        layers.append((mix, ln_1, _linear(block.attn.c_attn, g_1), ve, _linear(block.attn.c_proj),
+                       ln_2, _linear(block.mlp.c_fc, g_2), _linear(block.mlp.c_proj), block.mlp.kind))
     (ln_f, g_f), wte = _norm(model.ln_f), model.wte.weight.detach()
     head = _linear(model.lm_head, g_f)
     table, rope = model.wpe.table(0, c.block_size), model.wpe.rotations(0, c.block_size)
@@ -132,9 +134,14 @@ def decoder(model: GPT) -> StepFn:
         if table is not None:
             x = x + table.select(0, pos)
         freqs = rope.select(0, pos) if rope is not None else None  # (3, 1, 1, hd/2)
+        x0 = x  # x0_mix's embeddings: the first mix makes a new x before anything writes in place
         # In-place ops (add_, mul_) only ever write tensors this step created
-        for (ln_1, attn_in, attn_out, ln_2, fc, proj, swiglu), kv in zip(layers, kv_cache.layers):
+        for (mix, ln_1, attn_in, ve, attn_out, ln_2, fc, proj, mlp), kv in zip(layers, kv_cache.layers):
+            if mix is not None:
+                x = mix[0] * x + mix[1] * x0
             qkv = attn_in(ln_1(x))  # (B, 3C)
+            if ve is not None:  # value embeddings: the token's vector added to v
+                qkv.narrow(1, 2 * c.n_embd, c.n_embd).add_(torch.embedding(ve, idx.view(B)))
             if c.qk_norm:  # q and k to norm sqrt(hd) per head, in place
                 qk = qkv.view(B, 3, H, hd).narrow(1, 0, 2)
                 qk.div_(torch.linalg.vector_norm(qk, dim=-1, keepdim=True).clamp_min_(QK_EPS)).mul_(math.sqrt(hd))
@@ -147,7 +154,7 @@ def decoder(model: GPT) -> StepFn:
             k, v = kv.narrow(-2, 0, pos + 1).unbind(1)  # (B, H, pos + 1, hd) each
             y = F.scaled_dot_product_attention(qkv.select(1, 0), k, v)  # one query sees every key: no mask
             x.add_(attn_out(y.view(B, -1)))
-            x.add_(proj(mlp_activation(fc(ln_2(x)), swiglu)))
+            x.add_(proj(mlp_activation(fc(ln_2(x)), mlp)))
         kv_cache.advance(1)
         return softcap(head(ln_f(x)), c.logit_softcap)
 

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 from llm import load_checkpoint
 from llm.hub import find_checkpoint
-from llm.cli import ArgumentParser, flag
+from llm.cli import ArgumentParser, as_flags, flag
+from llm.runtime import pick_device
 from llm.sample import KNOBS, SampleConfig, generate, parse_stop
 
 
@@ -37,6 +38,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--num-samples", type=int, default=d.num_samples)
     p.add_argument("--no-kv-cache", action="store_true", help="recompute the whole context every token")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                   help="where the model runs; auto: CUDA, else MPS, else the CPU; default %(default)s")
     return p
 
 
@@ -79,12 +82,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = SampleConfig(**{k.name: getattr(args, k.name) for k in KNOBS}, seed=args.seed,
                               stop=tuple(parse_stop(s, separator=None)[0] for s in args.stop),
                               num_samples=args.num_samples, use_kv_cache=not args.no_kv_cache, ranges=LIMITS)
+        device = pick_device(args.device)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {as_flags(e)}", file=sys.stderr)
         return 2
 
     try:
-        model, tokenizer, _ = load_checkpoint(find_checkpoint(args.checkpoint))
+        model, tokenizer, _ = load_checkpoint(find_checkpoint(args.checkpoint), device=device)
         if args.prompt is not None:
             run_prompt(model, tokenizer, args.prompt, config)
         while args.interactive:

@@ -1,7 +1,8 @@
 """A decoder-only GPT: pure computation, no I/O, no sampler types.
 
 Variants are config fields: positions (rope | learned | sinusoidal: one class each in POSITIONS), norm
-(rmsnorm | layernorm), MLP (swiglu | gelu), tied input/output embeddings. Attention goes through
+(rmsnorm | layernorm), MLP (swiglu | gelu | relu2), tied input/output embeddings, QK-norm, logit soft-capping,
+value embeddings, a learned mix of the embeddings into every block's input (x0_mix). Attention goes through
 F.scaled_dot_product_attention; the explicit softmax(QK^T)V path runs only for attention_maps (the app's view).
 
 The model never owns cache state: `forward(idx, kv_cache=cache)` takes any object with the KVCacheProtocol
@@ -19,27 +20,31 @@ import torch.nn.functional as F
 from torch import nn
 
 NORM_CHOICES = ("rmsnorm", "layernorm")
-MLP_CHOICES = ("swiglu", "gelu")
+MLP_CHOICES = ("swiglu", "gelu", "relu2")
 
 
 @dataclass
 class ModelConfig:
     # defaults sized for about 5 minutes of training on a laptop CPU: at that budget a smaller model that takes
-    # more steps wins (bench/README.md, Training); vocab_size comes from the tokenizer
+    # more steps wins, and it reads its text many times over, so dropout pays (bench/README.md, Model quality);
+    # train_cli.py picks a size for the corpus and budget (llm/auto.py). vocab_size comes from the tokenizer
     vocab_size: int = 1024
-    block_size: int = 64
+    block_size: int = 128
     n_layer: int = 3
     n_head: int = 4
     n_embd: int = 96
-    dropout: float = 0.0
+    dropout: float = 0.1  # on the residual stream: the embeddings and each attention and MLP output
+    attn_dropout: float = 0.0  # on the attention weights (nanoGPT's one dropout does both; here it costs 20% a step)
     bias: bool = False
     pos: str = "rope"  # a key of POSITIONS: rope | learned | sinusoidal
     norm: str = "rmsnorm"  # rmsnorm | layernorm
-    mlp: str = "swiglu"  # swiglu | gelu
+    mlp: str = "swiglu"  # swiglu | gelu | relu2 (relu(x)^2, as modded-nanogpt)
     tie_embeddings: bool = True
     rope_theta: float = 10000.0
     qk_norm: bool = False  # queries and keys RMS-normalized per head before attention (bounded attention logits)
     logit_softcap: float = 0.0  # output logits squashed to (-cap, cap) by cap * tanh(logits / cap); 0 = off
+    value_embed: bool = True  # each block adds a table lookup of the token to its attention values (modded-nanogpt)
+    x0_mix: bool = False  # each block starts from a * x + b * x0, x0 the embeddings, a and b learned (from 1, 0)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -52,8 +57,9 @@ class ModelConfig:
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         POSITIONS[self.pos].check(self)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if not self.rope_theta > 0:
             raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
         if not (isinstance(self.logit_softcap, (int, float)) and 0.0 <= self.logit_softcap < math.inf):
@@ -212,17 +218,22 @@ class CausalSelfAttention(nn.Module):
         self.layer = layer  # index into the KV cache
         self.n_head = config.n_head
         self.head_dim = config.n_embd // config.n_head
-        self.dropout = config.dropout
+        self.dropout, self.attn_dropout = config.dropout, config.attn_dropout
         self.qk_norm = config.qk_norm
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        # a per-token vector added to the values: capacity that costs a lookup, not a matmul
+        self.value_embed = nn.Embedding(config.vocab_size, config.n_embd) if config.value_embed else None
 
-    def forward(self, x: torch.Tensor, B: int, T: int, freqs: torch.Tensor | None, mask: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, idx: torch.Tensor, freqs: torch.Tensor | None, mask: torch.Tensor | None,
                 kv_cache: KVCacheProtocol | None, attns: list[torch.Tensor] | None) -> torch.Tensor:
-        """x (B * T, C) -> (B * T, C): 2-D activations spare every Linear a reshape. With a list in `attns`,
-        the explicit softmax(QK^T)V path runs and appends this layer's weights (B, H, T, Tk) to it."""
+        """x (B * T, C), idx (B, T) -> (B * T, C): 2-D activations spare every Linear a reshape. With a list in
+        `attns`, the explicit softmax(QK^T)V path runs and appends this layer's weights (B, H, T, Tk) to it."""
+        B, T = idx.shape
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim)  # (B, T, 3, H, hd)
         qk, v = qkv.narrow(2, 0, 2), qkv.select(2, 2)  # (B, T, 2, H, hd), (B, T, H, hd)
+        if self.value_embed is not None:
+            v = v + self.value_embed(idx).view_as(v)
         if self.qk_norm:
             qk = rms_norm(qk, math.sqrt(self.head_dim), QK_EPS)
         if freqs is not None:
@@ -240,9 +251,9 @@ class CausalSelfAttention(nn.Module):
             if mask is not None:
                 att = att.masked_fill(~mask, float("-inf"))
             attns.append(att.softmax(dim=-1))
-            y = F.dropout(attns[-1], self.dropout, self.training) @ v
+            y = F.dropout(attns[-1], self.attn_dropout, self.training) @ v
         else:
-            dropout_p = self.dropout if self.training else 0.0
+            dropout_p = self.attn_dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
         y = self.c_proj(y.transpose(1, 2).reshape(B * T, -1))  # (B * T, C)
         if self.training and self.dropout:
@@ -250,19 +261,21 @@ class CausalSelfAttention(nn.Module):
         return y
 
 
-def mlp_activation(h: torch.Tensor, swiglu: bool) -> torch.Tensor:
-    """The MLP's nonlinearity on c_fc's output: SwiGLU (silu(gate) * up, the two halves fused) or GELU."""
-    if swiglu:
+def mlp_activation(h: torch.Tensor, kind: str) -> torch.Tensor:
+    """The MLP's nonlinearity on c_fc's output: SwiGLU (silu(gate) * up, the two halves fused), GELU, or ReLU^2."""
+    if kind == "swiglu":
         gate, up = h.chunk(2, dim=-1)
         return F.silu(gate) * up
+    if kind == "relu2":
+        return F.relu(h).square()
     return F.gelu(h)
 
 
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.swiglu = config.mlp == "swiglu"
-        if self.swiglu:
+        self.kind = config.mlp
+        if self.kind == "swiglu":
             # 8/3 * C keeps the parameter count of a 4 * C GELU MLP; rounded up to a multiple of 64.
             hidden = (8 * config.n_embd // 3 + 63) // 64 * 64
             self.c_fc = nn.Linear(config.n_embd, 2 * hidden, bias=config.bias)  # gate and up, fused
@@ -273,7 +286,7 @@ class MLP(nn.Module):
         self.dropout = config.dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.c_proj(mlp_activation(self.c_fc(x), self.swiglu))
+        h = self.c_proj(mlp_activation(self.c_fc(x), self.kind))
         if self.training and self.dropout:
             h = F.dropout(h, self.dropout)
         return h
@@ -286,10 +299,15 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
+        # x0_mix: the block's input is lambdas[0] * x + lambdas[1] * x0, starting as x
+        self.lambdas = nn.Parameter(torch.tensor([1.0, 0.0])) if config.x0_mix else None
 
-    def forward(self, x: torch.Tensor, B: int, T: int, freqs: torch.Tensor | None, mask: torch.Tensor | None,
-                kv_cache: KVCacheProtocol | None, attns: list[torch.Tensor] | None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), B, T, freqs, mask, kv_cache, attns)
+    def forward(self, x: torch.Tensor, x0: torch.Tensor, idx: torch.Tensor, freqs: torch.Tensor | None,
+                mask: torch.Tensor | None, kv_cache: KVCacheProtocol | None,
+                attns: list[torch.Tensor] | None) -> torch.Tensor:
+        if self.lambdas is not None:
+            x = self.lambdas[0] * x + self.lambdas[1] * x0
+        x = x + self.attn(self.ln_1(x), idx, freqs, mask, kv_cache, attns)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -320,6 +338,8 @@ class GPT(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
             elif isinstance(module, (nn.LayerNorm, RMSNorm)):
                 module.reset_parameters()
+            elif isinstance(module, Block) and module.lambdas is not None:
+                module.lambdas.data.copy_(torch.tensor([1.0, 0.0]))
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 kv_cache: KVCacheProtocol | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -371,8 +391,9 @@ class GPT(nn.Module):
         mask = None
         if start > 0 and T > 1:
             mask = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start)
+        x0 = x
         for block in self.h:
-            x = block(x, B, T, freqs, mask, kv_cache, attns)
+            x = block(x, x0, idx, freqs, mask, kv_cache, attns)
         if kv_cache is not None:
             kv_cache.advance(T)
         return x
@@ -383,6 +404,7 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n -= sum(p.numel() for p in self.wpe.parameters())
+            n -= sum(b.attn.value_embed.weight.numel() for b in self.h if b.attn.value_embed is not None)
             if not self.config.tie_embeddings:
                 n -= self.wte.weight.numel()
         return n

@@ -45,13 +45,16 @@ class TrainConfig:
     vocab_size: int = 1024  # BPE target size (the char tokenizer takes what the corpus has)
     encoding_errors: str = "strict"  # strict | replace
     val_frac: float = 0.1
-    batch_size: int = 32
+    batch_size: int = 16
     grad_accum: int = 1
     lr: float = 3e-3  # AdamW (all parameters with --optimizer adamw; embeddings, head, norms with muon)
     muon_lr: float = 0.02  # Muon, for the matrices inside the blocks
     min_lr: float = 3e-4  # the end of the cosine; Muon's decays by the same ratio
     warmup_steps: int = 30
     weight_decay: float = 0.1
+    # an exponential moving average of the weights, with this decay per step, is what evaluations measure and
+    # checkpoints hold (last/train_state.pt keeps the raw weights to resume from); 0 = off
+    ema: float = 0.99
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 = off
@@ -81,6 +84,7 @@ class TrainConfig:
             (0 <= self.min_lr <= self.lr, f"`min_lr` must be between 0 and `lr` ({self.lr}), got {self.min_lr}"),
             (self.warmup_steps >= 0, f"`warmup_steps` must be at least 0, got {self.warmup_steps}"),
             (self.weight_decay >= 0, f"`weight_decay` must be at least 0, got {self.weight_decay}"),
+            (0 <= self.ema < 1, f"`ema` must be in [0, 1) (0 = off), got {self.ema}"),
             (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "betas must be in [0, 1)"),
             (self.grad_clip >= 0, f"`grad_clip` must be at least 0 (0 = off), got {self.grad_clip}"),
             (self.max_steps >= 0, f"`max_steps` must be at least 0 (0 = no limit), got {self.max_steps}"),
@@ -159,6 +163,8 @@ class Run:
     autocast: contextlib.AbstractContextManager
     log: Callable[[str], None]
     prior_wall: float = 0.0  # wall-clock seconds of the sessions before this one
+    ema: list[torch.Tensor] | None = None  # the averaged weights, one per model.parameters(), with cfg.ema
+    raw: list[torch.Tensor] | None = None  # the model's own weights while it holds the averaged ones (averaged())
     last_losses: dict | None = None  # the previous evaluation's, for the overfitting warning
     warned_overfit: bool = False
     t_start: float = dataclasses.field(default_factory=time.time)
@@ -166,6 +172,30 @@ class Run:
 
     def __post_init__(self):
         self.start = dataclasses.replace(self.state)
+        if self.cfg.ema and self.ema is None:
+            self.ema = [p.detach().clone() for p in self.model.parameters()]
+
+    def update_ema(self) -> None:
+        """Move the average towards the weights after a step. The decay ramps up as (1 + step) / (10 + step), so
+        the first steps' weights, far from trained, fade out quickly."""
+        if self.ema is not None:
+            decay = min(self.cfg.ema, (1 + self.state.step) / (10 + self.state.step))
+            torch._foreach_lerp_(self.ema, [p.detach() for p in self.model.parameters()], 1.0 - decay)
+
+    @contextlib.contextmanager
+    def averaged(self):
+        """Inside, the model holds the averaged weights (to evaluate, sample and save), and self.raw its own."""
+        if self.ema is None or self.raw is not None:
+            yield
+            return
+        params = [p.detach() for p in self.model.parameters()]
+        self.raw = [p.clone() for p in params]
+        torch._foreach_copy_(params, self.ema)
+        try:
+            yield
+        finally:
+            torch._foreach_copy_(params, self.raw)
+            self.raw = None
 
     @property
     def out(self) -> Path:
@@ -312,24 +342,39 @@ def start_run(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = Fa
     optimizers = configure_optimizers(model, cfg.optimizer, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                       cfg.muon_lr, device.type)
     batch_gen = torch.Generator().manual_seed(cfg.seed)
-    state, prior_wall = RunState(), 0.0
+    state, prior_wall, ema = RunState(), 0.0, None
     if saved is not None:
-        load_weights(model, last / WEIGHTS)  # copies into the tensors already on `device`
-        try:
-            for opt, sd in zip(optimizers, saved["optimizers"], strict=True):
-                opt.load_state_dict(sd)
-            set_rng_state(saved["rng"], batch_gen)
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise TrainingError(f"`resume`: {last / STATE} does not fit this run ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0] if str(e) else ''})") from None
-        state = RunState(**{f.name: saved[f.name] for f in dataclasses.fields(RunState)})
+        state, prior_wall, ema = _restore(last, saved, model, optimizers, batch_gen, cfg, device)
         truncate_metrics(out, state.step)
-        wall = read_meta(last).get("wall_time")
-        prior_wall = float(wall) if isinstance(wall, (int, float)) and math.isfinite(wall) else 0.0
     else:  # a new run starts a new log (an old one may be left from a run that saved nothing)
         (out / METRICS).unlink(missing_ok=True)
     use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
     return Run(cfg, model_cfg, state, tokenizer, splits, info["val_tokens"] / info["val_bytes"], model,
                torch.compile(model) if use_compile else model, optimizers,
                torch.amp.GradScaler(device.type, enabled=ptdtype == torch.float16), batch_gen, device, autocast, log,
-               prior_wall)
+               prior_wall, ema)
+
+
+def _restore(last: Path, saved: dict, model: GPT, optimizers: list, batch_gen: torch.Generator, cfg: TrainConfig,
+             device: torch.device) -> tuple[RunState, float, list[torch.Tensor] | None]:
+    """Put a resumed run back as OUT/last saved it: weights, optimizers, random states -> (its state, the wall
+    seconds of the sessions before, the averaged weights when it keeps an `ema`)."""
+    load_weights(model, last / WEIGHTS)  # copies into the tensors already on `device`
+    try:
+        for opt, sd in zip(optimizers, saved["optimizers"], strict=True):
+            opt.load_state_dict(sd)
+        set_rng_state(saved["rng"], batch_gen)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise TrainingError(f"`resume`: {last / STATE} does not fit this run ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    ema = None
+    if cfg.ema:  # last/ holds the average; the raw weights to go on from are in the train state
+        ema = [p.detach().clone() for p in model.parameters()]
+        raw = saved.get("raw_weights")
+        if not (isinstance(raw, list) and len(raw) == len(ema)
+                and all(isinstance(r, torch.Tensor) and r.shape == e.shape for r, e in zip(raw, ema))):
+            raise TrainingError(f"`resume`: {last / STATE} lacks the raw weights an `ema` run resumes from")
+        torch._foreach_copy_([p.detach() for p in model.parameters()], [r.to(device) for r in raw])
+    state = RunState(**{f.name: saved[f.name] for f in dataclasses.fields(RunState)})
+    wall = read_meta(last).get("wall_time")
+    return state, float(wall) if isinstance(wall, (int, float)) and math.isfinite(wall) else 0.0, ema

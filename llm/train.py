@@ -84,6 +84,7 @@ def train_step(run: Run) -> tuple[float, float, float]:
     if finite:
         for opt in run.optimizers:
             run.scaler.step(opt)
+        run.update_ema()
     run.scaler.update()
     for opt in run.optimizers:
         opt.zero_grad(set_to_none=True)
@@ -116,6 +117,11 @@ def finite_weights(model: torch.nn.Module) -> bool:
 def evaluate(run: Run, save: bool) -> dict:
     """Estimate the losses, log them (and a sample), and when `save`, write last/ and, if the validation loss
     improved, best/. Returns the metrics row."""
+    with run.averaged():  # with cfg.ema, the average is what is measured, sampled and saved
+        return _evaluate(run, save)
+
+
+def _evaluate(run: Run, save: bool) -> dict:
     cfg, state = run.cfg, run.state
     losses = estimate_loss(run.fwd, run.splits, run.model_cfg.block_size, cfg.batch_size, cfg.eval_iters,
                            run.device, run.autocast, cfg.seed + 1)
@@ -177,6 +183,8 @@ def save_run(run: Run, kind: str, val_loss: float | None, bpb: float | None) -> 
     if kind == "last":  # with where the corpus is, for resuming: config.json and meta.json keep names only
         train_state = {**dataclasses.asdict(s), "optimizers": [o.state_dict() for o in run.optimizers],
                        "rng": rng_state(run.batch_gen), "corpus": corpus_from(run.out, run.cfg.corpus)}
+        if run.raw is not None:  # the model holds the average: keep its own weights to resume from
+            train_state["raw_weights"] = [r.cpu() for r in run.raw]
     save_checkpoint(run.out / kind, run.model, run.tokenizer, run.cfg, meta, train_state)
 
 
@@ -232,7 +240,8 @@ def train_loop(run: Run, progress: bool, evaluate_on_stop: bool = False, deadlin
             if state.step % cfg.eval_interval == 0:
                 last_eval = evaluate(run, save=bad_in_a_row == 0)
         if (cut or stop.signum and not evaluate_on_stop) and finite_weights(run.model):  # where we are, no evaluation
-            save_run(run, "last", (last_eval or {}).get("val_loss"), (last_eval or {}).get("bits_per_byte"))
+            with run.averaged():
+                save_run(run, "last", (last_eval or {}).get("val_loss"), (last_eval or {}).get("bits_per_byte"))
         elif last_eval is None or last_eval["step"] != state.step:
             last_eval = evaluate(run, save=bad_in_a_row == 0)
     bar.close()

@@ -283,15 +283,19 @@ CONFIG_WORDS = {
     "n_head": "attention heads per block: each looks back over the context for a different pattern",
     "n_embd": "width: how many numbers stand for each token as it passes through the blocks",
     "dropout": "share of activations dropped at random while training (0 = none); it fights overfitting",
+    "attn_dropout": "share of attention weights dropped at random while training (0 = none)",
     "bias": "whether the linear layers add a learned offset",
     "pos": "how the model knows token order: rope rotates queries and keys by position",
     "norm": "the normalization before each sub-layer, which keeps the numbers in range",
-    "mlp": "the per-token feed-forward layer: swiglu is a gated one (as in Llama), gelu the GPT-2 one",
+    "mlp": "the per-token feed-forward layer: swiglu is a gated one (as in Llama), gelu the GPT-2 one, relu2 "
+           "squares a ReLU",
     "tie_embeddings": "whether the output layer reuses the input embedding table (fewer parameters)",
     "rope_theta": "rope's base: larger values let positions far apart still be told apart",
     "qk_norm": "whether queries and keys are normalized per head, which keeps attention from saturating",
     "logit_softcap": "the output logits squashed to within +-this value (0 = off), which keeps predictions from "
                      "getting overconfident",
+    "value_embed": "whether each block adds a learned vector per token to what attention passes on (its values)",
+    "x0_mix": "whether each block mixes the token embeddings back into its input, by learned weights",
 }
 SUMMARY_WORDS = {
     "steps": "optimizer updates the run made",

@@ -7,6 +7,7 @@ import torch
 from llm.checkpoint import (CheckpointError, load_checkpoint, load_train_state, read_config, resolve,
                             save_checkpoint)
 from llm.model import GPT, ModelConfig
+from llm.run import TrainConfig
 from llm.tokenizer import Tokenizer
 
 
@@ -42,6 +43,20 @@ def test_variants_round_trip(tmp_path, tok, pos, norm, mlp, tie):
     loaded, _, _ = load_checkpoint(tmp_path / "c")
     x = torch.tensor([tok.encode("hello world")])
     assert torch.equal(model.eval()(x)[0], loaded(x)[0])
+
+
+def test_a_checkpoint_from_before_a_setting_existed_reads_as_it_was_trained(tmp_path, tok):
+    """config.json written before value_embed and ema existed lacks them: it describes a model without value
+    embeddings and a run without an average (ABSENT), not the new defaults, which would not fit its weights."""
+    model = tiny_model(tok, value_embed=False)
+    save_checkpoint(tmp_path / "old", model, tok, {"lr": 1.0, "ema": 0.0})
+    cfg = json.loads((tmp_path / "old" / "config.json").read_text())
+    del cfg["model"]["value_embed"], cfg["train"]["ema"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
+    loaded, _, _ = load_checkpoint(tmp_path / "old")
+    config, train = read_config(tmp_path / "old")
+    assert not loaded.config.value_embed and not config.value_embed and train["ema"] == 0.0
+    assert ModelConfig().value_embed and TrainConfig().ema  # what a new run gets
 
 
 def test_crash_between_renames_leaves_a_loadable_checkpoint(tmp_path, tok, monkeypatch):

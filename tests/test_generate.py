@@ -77,10 +77,10 @@ def test_interactive_loop(ckpt, capsys, monkeypatch):
     "args, words",
     [
         (["--prompt", "hi", "--temperature", "abc"], "invalid float value: 'abc'"),
-        (["--prompt", "hi", "--max-new-tokens", "0"], "max_new_tokens must be an integer >= 1"),
-        (["--prompt", "hi", "--top-p", "1.5"], "top_p must be in (0, 1]"),
-        (["--prompt", "hi", "--temperature", "-1"], "temperature must be a number >= 0"),
-        (["--prompt", "hi", "--top-k", "-2"], "top_k must be an integer >= 0"),
+        (["--prompt", "hi", "--max-new-tokens", "0"], "--max-new-tokens must be an integer >= 1"),
+        (["--prompt", "hi", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
+        (["--prompt", "hi", "--temperature", "-1"], "--temperature must be a number >= 0"),
+        (["--prompt", "hi", "--top-k", "-2"], "--top-k must be an integer >= 0"),
         ([], "give --prompt TEXT or --interactive"),
     ],
 )
@@ -118,3 +118,18 @@ def test_a_missing_path_is_said_as_one(tmp_path, monkeypatch, capsys):
     assert main(["--checkpoint", "checkpoints/nope", "--prompt", "x"]) == 1
     err = capsys.readouterr().err
     assert "checkpoints/nope" in err and "Hub" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_device_flag(ckpt, capsys, monkeypatch):
+    """--device cpu runs there; a device this machine lacks is one line and exit 2, before any loading."""
+    assert main(["--checkpoint", str(ckpt), "--prompt", "ab", "--max-new-tokens", "3", "--seed", "1",
+                              "--device", "cpu"]) == 0
+    on_cpu = capsys.readouterr().out
+    assert on_cpu.startswith("ab")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["--checkpoint", str(ckpt), "--prompt", "ab", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: --device cuda: no CUDA GPU is available"
+    assert main(["--checkpoint", str(ckpt), "--prompt", "ab", "--max-new-tokens", "3", "--seed", "1",
+                              "--device", "auto"]) == 0  # no GPU here: the CPU, the same text
+    assert capsys.readouterr().out == on_cpu

@@ -17,6 +17,7 @@ VARIANTS = [
         ("rope", "layernorm", "gelu", False),
         ("learned", "rmsnorm", "swiglu", True),
         ("sinusoidal", "layernorm", "swiglu", False),
+        ("rope", "rmsnorm", "relu2", True),
     ]
 ]
 
@@ -112,15 +113,18 @@ def test_fixed_tables_stay_out_of_the_state_dict():
 
 
 def test_num_params_and_flops():
-    m = tiny(pos="learned", tie_embeddings=False, mlp="gelu", norm="layernorm")
+    m = tiny(pos="learned", tie_embeddings=False, mlp="gelu", norm="layernorm", value_embed=False)
     C, V, T, L = 16, 37, 16, 2
     per_layer = C + 3 * C * C + C * C + C + 4 * C * C + 4 * C * C  # ln_1, attn, ln_2, mlp (bias=False)
     total = V * C + T * C + L * per_layer + C + V * C  # wte, wpe, blocks, ln_f, lm_head
     assert m.num_params() == total
     assert m.num_params(non_embedding=True) == total - V * C - T * C
     assert m.flops_per_token() == 6 * (total - V * C - T * C) + 12 * L * C * T
-    tied = tiny(pos="learned", tie_embeddings=True, mlp="gelu", norm="layernorm")
+    tied = tiny(pos="learned", tie_embeddings=True, mlp="gelu", norm="layernorm", value_embed=False)
     assert tied.num_params() == total - V * C  # the shared matrix counts once
+    ve = tiny(pos="learned", tie_embeddings=False, mlp="gelu", norm="layernorm", value_embed=True)
+    assert ve.num_params() == total + L * V * C  # a table per block: lookups, so not in the FLOPs
+    assert ve.flops_per_token() == m.flops_per_token()
 
 
 def test_a_few_steps_learn_a_repeated_sequence():
@@ -138,12 +142,36 @@ def test_a_few_steps_learn_a_repeated_sequence():
     assert loss.item() < first / 2
 
 
-def test_dropout_only_in_training():
-    model = tiny(dropout=0.2)
+@pytest.mark.parametrize("kw", [{"dropout": 0.2}, {"dropout": 0.0, "attn_dropout": 0.2}])
+def test_dropout_only_in_training(kw):
+    model = tiny(**kw)
     idx = torch.randint(0, 37, (2, 8))
     torch.testing.assert_close(model(idx)[0], model(idx)[0])  # eval: deterministic
     model.train()
     assert not torch.allclose(model(idx)[0], model(idx)[0])
+
+
+def test_attention_dropout_is_its_own_setting():
+    """`dropout` no longer touches the attention weights: with only it on, the attention maps of training mode
+    are the eval ones (each row sums to 1); with attn_dropout they are not."""
+    idx = torch.randint(0, 37, (1, 8))
+    for kw, dropped in (({"dropout": 0.5}, False), ({"dropout": 0.0, "attn_dropout": 0.5}, True)):
+        torch.manual_seed(0)
+        model = tiny(**kw).train()
+        calls = []
+        real = torch.nn.functional.dropout
+
+        def spy(x, p=0.5, training=True, inplace=False):
+            calls.append((tuple(x.shape), p if training else 0.0))
+            return real(x, p, training, inplace)
+
+        torch.nn.functional.dropout = spy
+        try:
+            model.attention_maps(idx)
+        finally:
+            torch.nn.functional.dropout = real
+        on_weights = [p for shape, p in calls if len(shape) == 4]  # (B, H, T, T): the attention weights
+        assert on_weights and all((p > 0) == dropped for p in on_weights)
 
 
 def test_model_cast_to_bf16_keeps_its_positions():
@@ -205,3 +233,50 @@ def test_qk_norm_bounds_the_attention_logits():
     assert att_normed[0, :, -1].max() <= bound + 1e-6
     assert att_plain[0, :, -1].max() > 0.999  # without it, scaled weights make a one-hot row
     assert normed.config.qk_norm and not plain.config.qk_norm
+
+
+def test_relu2_known_answer():
+    from llm.model import mlp_activation
+
+    h = torch.tensor([[-2.0, -0.5, 0.0, 0.5, 3.0]])
+    assert mlp_activation(h, "relu2").tolist() == [[0.0, 0.0, 0.0, 0.25, 9.0]]
+    assert tiny(mlp="relu2").h[0].mlp.c_fc.weight.shape == (64, 16)  # 4 * C hidden, no gate
+
+
+def test_value_embeddings_add_a_per_token_vector_to_the_values_causally():
+    """A zeroed table is the plain model; one token's row moves the logits only from that token's position on."""
+    plain, ve = tiny(value_embed=False), tiny(value_embed=True)
+    missing = ve.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == [f"h.{i}.attn.value_embed.weight" for i in range(2)]
+    idx = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
+    with torch.no_grad():
+        for b in ve.h:
+            b.attn.value_embed.weight.zero_()
+        torch.testing.assert_close(ve(idx)[0], plain(idx)[0])
+        ve.h[0].attn.value_embed.weight[5].normal_()  # token 5, at position 4
+        moved = (ve(idx)[0] - plain(idx)[0]).abs().amax(dim=-1)[0]  # (T,)
+    assert moved[:4].max() < 1e-6 and moved[4:].min() > 1e-4
+    assert ve.num_params(non_embedding=True) == plain.num_params(non_embedding=True)  # lookups, not compute
+    from llm.optim import configure_optimizers
+
+    adamw, muon = configure_optimizers(ve, "muon", 1e-3, 0.1, (0.9, 0.95))
+    on_adamw = {id(p) for g in adamw.param_groups for p in g["params"]}
+    assert all(id(b.attn.value_embed.weight) in on_adamw for b in ve.h)  # a table, not a hidden matrix for Muon
+
+
+def test_x0_mix_starts_as_the_plain_model_and_learns_its_mix():
+    plain, mixed = tiny(), tiny(x0_mix=True)
+    missing = mixed.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["h.0.lambdas", "h.1.lambdas"]
+    idx = torch.randint(0, 37, (2, 16))
+    torch.testing.assert_close(mixed(idx)[0], plain(idx)[0])  # lambdas (1, 0): x itself
+    _, loss = mixed.train()(idx, idx)
+    loss.backward()
+    assert all(b.lambdas.grad[1].abs() > 0 for b in mixed.h)  # the embeddings' share gets a gradient
+    with torch.no_grad():  # (0, 1) everywhere: every block starts from the embeddings alone, so block 0's output
+        for b in mixed.h:  # no longer reaches the last block's input
+            b.lambdas.copy_(torch.tensor([0.0, 1.0]))
+        before = mixed.eval()(idx)[0]
+        mixed.h[0].mlp.c_proj.weight.normal_()
+        after = mixed(idx)[0]
+    torch.testing.assert_close(before, after)

@@ -347,8 +347,8 @@ def test_a_diverged_run_never_saves_broken_weights_and_sampling_says_so(short_ru
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--max-new-tokens", str(10**12)], "max_new_tokens must be an integer >= 1 and <= 100000"),
-    (["--num-samples", str(10**6)], "num_samples must be an integer >= 1 and <= 64"),
+    (["--max-new-tokens", str(10**12)], "--max-new-tokens must be an integer >= 1 and <= 100000"),
+    (["--num-samples", str(10**6)], "--num-samples must be an integer >= 1 and <= 64"),
 ])
 def test_generate_caps_what_one_command_asks_for(args, words):
     proc = subprocess.run([sys.executable, "-m", "llm.generate", "--checkpoint", "assets/model", "--prompt", "x",

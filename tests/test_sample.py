@@ -87,9 +87,10 @@ def test_cache_logits_match_full_forward_with_chunk_after_filled_cache(pos):
         model(idx[:, :1], kv_cache=cache)
 
 
-@pytest.mark.parametrize("extra", [{}, {"qk_norm": True, "logit_softcap": 4.0}], ids=["plain", "qknorm-softcap"])
+@pytest.mark.parametrize("extra", [{}, {"qk_norm": True, "logit_softcap": 4.0}, {"value_embed": True, "x0_mix": True}],
+                         ids=["plain", "qknorm-softcap", "valueembed-x0mix"])
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("norm,mlp", [("rmsnorm", "swiglu"), ("layernorm", "gelu"), ("rmsnorm", "gelu")])
+@pytest.mark.parametrize("norm,mlp", [("rmsnorm", "swiglu"), ("layernorm", "gelu"), ("rmsnorm", "relu2")])
 @pytest.mark.parametrize("pos", POSITIONS)
 def test_decoder_steps_equal_forward_for_every_variant(pos, norm, mlp, bias, extra):
     """decoder(model), the sampler's lean one-token step (its own code), against forward: the same logits and
@@ -99,8 +100,8 @@ def test_decoder_steps_equal_forward_for_every_variant(pos, norm, mlp, bias, ext
     model = tiny(pos, norm=norm, mlp=mlp, bias=bias, **extra)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(("bias", "ln_1.weight", "ln_2.weight", "ln_f.weight")):  # not the init's 0 / 1
-                p.normal_(0.5 if name.endswith("weight") else 0.0, 0.1)
+            if name.endswith(("bias", "ln_1.weight", "ln_2.weight", "ln_f.weight", "lambdas")):  # not the init's
+                p.normal_(0.5 if name.endswith(("weight", "lambdas")) else 0.0, 0.1)  # 0 / 1
     idx = torch.cat([torch.randint(0, 257, (1, 6)).expand(3, 6), torch.randint(0, 257, (3, 10))], dim=1)
     full, _ = model(idx)
     caches = [KVCache.for_model(model, batch_size=3) for _ in range(2)]

@@ -17,6 +17,7 @@ LAYERS = [
     ["llm.sample"],
     ["llm.checkpoint"],
     ["llm.data", "llm.optim", "llm.runtime"],
+    ["llm.auto"],
     ["llm.run"],
     ["llm.train"],
     ["llm.viz", "llm.attention", "llm.card", "llm.worker"],

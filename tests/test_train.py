@@ -1,5 +1,6 @@
 """The trainer end to end on a few KB of text: checkpoints, resume exactness, signals, bad input."""
 
+import contextlib
 import json
 import os
 import signal
@@ -251,15 +252,20 @@ def test_overfitting_is_warned_once_with_the_settings_to_turn(monkeypatch, capsy
     assert "try --dropout 0.1 or fewer --max-steps" in capsys.readouterr().out
 
 
-def test_qk_norm_and_softcap_train_save_load_and_resume_exactly(corpus, tmp_path):
-    """The new architecture options go through the whole trainer: saved in config.json, loaded back, and a run
-    cut after each step and resumed ends with the same weights as one run through."""
+OPTIONS = [({"qk_norm": True, "logit_softcap": 8.0}, {}),
+           ({"value_embed": True, "x0_mix": True, "mlp": "relu2", "dropout": 0.1}, {"ema": 0.8})]
+
+
+@pytest.mark.parametrize("model_kw,train_kw", OPTIONS, ids=["qknorm-softcap", "valueembed-x0mix-relu2-dropout-ema"])
+def test_options_train_save_load_and_resume_exactly(corpus, tmp_path, model_kw, train_kw):
+    """The architecture and training options go through the whole trainer: saved in config.json, loaded back,
+    and a run cut after each step and resumed ends with the same weights as one run through."""
     from llm.model import ModelConfig
     from llm.run import TrainConfig
 
-    model_cfg = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, qk_norm=True, logit_softcap=8.0)
+    model_cfg = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, **model_kw)
     cfg = {"corpus": (str(corpus),), "vocab_size": 300, "batch_size": 4, "max_steps": 12, "eval_interval": 4,
-           "eval_iters": 1, "sample_tokens": 0, "compile": False}
+           "eval_iters": 1, "sample_tokens": 0, "compile": False, **train_kw}
     whole, cut = TrainConfig(**cfg, out=str(tmp_path / "whole")), TrainConfig(**cfg, out=str(tmp_path / "cut"))
     train_mod.train(model_cfg, whole, progress=False, log=lambda s: None)
     summary = train_mod.train(model_cfg, cut, progress=False, log=lambda s: None, deadline=time.monotonic())
@@ -273,4 +279,50 @@ def test_qk_norm_and_softcap_train_save_load_and_resume_exactly(corpus, tmp_path
         assert (tmp_path / "whole" / kind / "model.safetensors").read_bytes() == \
             (tmp_path / "cut" / kind / "model.safetensors").read_bytes()
     model, _, _ = load_checkpoint(tmp_path / "cut")
-    assert model.config.qk_norm and model.config.logit_softcap == 8.0
+    assert all(getattr(model.config, k) == v for k, v in model_kw.items())
+
+
+def test_ema_is_what_is_measured_and_saved(corpus, tmp_path):
+    """With `ema`, the checkpoints hold the average (not the raw weights, which last/ keeps to resume from), and
+    the validation loss recorded for a checkpoint is that of the weights in it."""
+    from llm.checkpoint import read_meta
+    from llm.model import ModelConfig
+    from llm.run import TrainConfig, start_run
+    from llm.train import estimate_loss
+
+    cfg = TrainConfig(corpus=(str(corpus),), out=str(tmp_path / "ema"), vocab_size=300, batch_size=4, max_steps=10,
+                      eval_interval=5, eval_iters=2, sample_tokens=0, compile=False, ema=0.9)
+    model_cfg = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=32)
+    train_mod.train(model_cfg, cfg, progress=False, log=lambda s: None)
+    model, _, meta = load_checkpoint(tmp_path / "ema" / "last")
+    raw = torch.load(tmp_path / "ema" / "last" / "train_state.pt", weights_only=True)["raw_weights"]
+    assert len(raw) == len(list(model.parameters()))
+    assert not all(torch.equal(r, p) for r, p in zip(raw, model.parameters()))  # the average is not the weights
+    run = start_run(None, TrainConfig(out=cfg.out, max_steps=10), resume=True, progress=False, log=lambda s: None)
+    assert all(torch.equal(r, p) for r, p in zip(raw, run.model.parameters()))  # resumes from the raw ones
+    assert all(torch.equal(e, p) for e, p in zip(run.ema, model.parameters()))
+    losses = estimate_loss(model, run.splits, 32, 4, 2, torch.device("cpu"), contextlib.nullcontext(), cfg.seed + 1)
+    assert losses["val"] == pytest.approx(read_meta(tmp_path / "ema" / "last")["val_loss"], rel=1e-6)
+
+
+def test_ema_average_known_answer():
+    """update_ema: the decay ramps as (1 + step) / (10 + step) up to `ema`; a constant weight stays put."""
+    from llm.model import GPT, ModelConfig
+    from llm.run import Run, RunState, TrainConfig
+
+    model = GPT(ModelConfig(vocab_size=11, block_size=4, n_layer=1, n_head=1, n_embd=4))
+    run = Run(TrainConfig(ema=0.5), model.config, RunState(step=20), None, {}, 1.0, model, model, [], None, None,
+              torch.device("cpu"), None, print)
+    w = model.wte.weight
+    start = w.detach().clone()
+    with torch.no_grad():
+        w.add_(1.0)
+    run.update_ema()  # decay min(0.5, 21 / 30) = 0.5: halfway
+    torch.testing.assert_close(run.ema[0], start + 0.5)
+    run.state.step = 0
+    run.update_ema()  # decay min(0.5, 1 / 10) = 0.1: mostly the weight
+    torch.testing.assert_close(run.ema[0], start + 1.0 - 0.1 * 0.5)
+    with run.averaged():
+        torch.testing.assert_close(w, start + 0.95)
+        torch.testing.assert_close(run.raw[0], start + 1.0)
+    torch.testing.assert_close(w.detach(), start + 1.0)
