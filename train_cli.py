@@ -17,8 +17,10 @@ from tqdm import tqdm
 
 from llm.cli import ArgumentParser, as_flags, flag
 from llm.config import FIELD, from_dict, to_dict
+from llm.dist import Dist, RankLost
 from llm.model import MLP_CHOICES, NORM_CHOICES, POSITIONS, ModelConfig
 from llm.run import CHOICES, PRESETS, TrainConfig, TrainingError
+from llm.runtime import pick_device
 from llm.train import train
 
 # each setting's flag: its group, argparse keywords, and a line of help (the default is added from the configs)
@@ -176,43 +178,67 @@ def split_settings(settings: dict) -> tuple[dict, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    dist = Dist.from_env()  # under torchrun: this process's rank among the run's
+    try:
+        settings, model_given, train_given = gather_settings(args)
+    except (ValueError, OSError) as e:  # the same on every rank: rank 0 says it
+        if dist.main:
+            print(f"train_cli.py: error: {as_flags(e)}", file=sys.stderr)
+        return 1
+    try:
+        dist.start(pick_device(settings.get("device", "auto")).type)
+        if args.resume:  # the configs come from OUT/last; train() checks what was given against them
+            model_cfg, train_cfg = None, TrainConfig(out=settings["out"])
+        else:  # what was given is checked first; then the rule fills in the rest (rank 0's choice for all)
+            model_kw, train_kw = split_settings(dist.share(auto_fill(settings, dist.world) if dist.main else None))
+            model_cfg, train_cfg = from_dict(ModelConfig, model_kw), from_dict(TrainConfig, train_kw)
+        summary = train(model_cfg, train_cfg, resume=args.resume, model_overrides=model_given,
+                        train_overrides=train_given, overwrite=args.overwrite, progress=not args.no_progress,
+                        log=lambda line: tqdm.write(FIELD.sub(lambda m: flag(m[1]), line)),  # `dropout` -> --dropout
+                        dist=dist)
+    except (ValueError, TrainingError, OSError, RankLost) as e:
+        if dist.main or not isinstance(e, RankLost):  # a rank that lost its peers: rank 0 says so for all
+            where = f"(rank {dist.rank}) " if dist.active and not dist.main else ""
+            print(f"train_cli.py: error: {where}{as_flags(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if dist.main:
+            print("train_cli.py: interrupted; last/ holds the most recent saved checkpoint", file=sys.stderr)
+        return 130
+    finally:
+        dist.stop()
+    return report(summary, args) if dist.main else 0
+
+
+def gather_settings(args: argparse.Namespace) -> tuple[dict, dict, dict]:
+    """Presets, --config and the flags, merged in that order and checked -> (all of them, the model settings
+    given, the training settings given). On --resume what was given is checked against the checkpoint later."""
     meta_flags = {"config", "preset", "resume", "overwrite", "no_progress", "push_to_hub", "hub_private"}
     flags = {k: v for k, v in vars(args).items() if v is not None and k not in meta_flags}
     if "corpus" in flags:
         flags["corpus"] = tuple(flags["corpus"])
-    try:
-        settings = dict(PRESETS.get(args.preset, {}))
-        if args.config:
-            settings.update(read_config_file(args.config))
-        settings.update(flags)
-        if isinstance(settings.get("corpus"), str):
-            settings["corpus"] = (settings["corpus"],)
-        if not settings.get("corpus") and not (args.resume and settings.get("out")):
-            raise ValueError("--corpus is required (a text file, a URL, or tiny_shakespeare)")
-        # on --resume, the settings given (flags, --config, --preset alike) are checked against the checkpoint
-        model_given, train_given = split_settings(settings)
-        if "out" not in settings:
-            settings["out"] = str(Path("checkpoints") / _corpus_name(settings["corpus"][0]))
-        if args.push_to_hub:  # fail before training, not after it
-            from llm.hub import check_can_push
+    settings = dict(PRESETS.get(args.preset, {}))
+    if args.config:
+        settings.update(read_config_file(args.config))
+    settings.update(flags)
+    if isinstance(settings.get("corpus"), str):
+        settings["corpus"] = (settings["corpus"],)
+    if not settings.get("corpus") and not (args.resume and settings.get("out")):
+        raise ValueError("--corpus is required (a text file, a URL, or tiny_shakespeare)")
+    model_given, train_given = split_settings(settings)
+    if "out" not in settings:
+        settings["out"] = str(Path("checkpoints") / _corpus_name(settings["corpus"][0]))
+    if args.push_to_hub:  # fail before training, not after it
+        from llm.hub import check_can_push
 
-            check_can_push(args.push_to_hub)
-        if args.resume:  # the configs come from OUT/last; train() checks what was given against them
-            model_cfg, train_cfg = None, TrainConfig(out=settings["out"])
-        else:  # what was given is checked first; then the rule fills in the rest
-            from_dict(ModelConfig, model_given), from_dict(TrainConfig, train_given)
-            model_kw, train_kw = split_settings(auto_fill(settings))
-            model_cfg, train_cfg = from_dict(ModelConfig, model_kw), from_dict(TrainConfig, train_kw)
-        summary = train(model_cfg, train_cfg, resume=args.resume, model_overrides=model_given,
-                        train_overrides=train_given, overwrite=args.overwrite, progress=not args.no_progress,
-                        log=lambda line: tqdm.write(FIELD.sub(lambda m: flag(m[1]), line)))  # `dropout` -> --dropout
-    except (ValueError, TrainingError, OSError) as e:
-        print(f"train_cli.py: error: {as_flags(e)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("train_cli.py: interrupted; last/ holds the most recent saved checkpoint", file=sys.stderr)
-        return 130
+        check_can_push(args.push_to_hub)
+    if not args.resume:
+        from_dict(ModelConfig, model_given), from_dict(TrainConfig, train_given)
+    return settings, model_given, train_given
 
+
+def report(summary: dict, args: argparse.Namespace) -> int:
+    """What the run did, where its checkpoints are, and the push to the Hub when asked -> the exit status."""
     out = summary["out"]
     if summary["interrupted"]:
         print(f"stopped at step {summary['step']}; saved {out}/last. Continue with: "
@@ -236,17 +262,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def auto_fill(settings: dict) -> dict:
+def auto_fill(settings: dict, world: int = 1) -> dict:
     """The settings with what the rule of llm/auto.py picks for those not given (README, "Settings chosen for
-    you"), said in one line."""
+    you"), said in one line; `world` processes train together (torchrun)."""
     from llm.auto import auto_settings, measure_flops
     from llm.data import resolve_corpus
-    from llm.runtime import pick_device
 
     size = sum(resolve_corpus(spec).stat().st_size for spec in settings["corpus"])
     timed = settings.get("time_budget") or not settings.get("max_steps")
     flops = measure_flops(pick_device(settings.get("device", "auto"))) if timed else None
-    chosen, why = auto_settings(settings, size, flops)
+    chosen, why = auto_settings(settings, size, flops, world)
     if chosen:
         print(f"settings for {why}: " + " ".join(f"{flag(k)} {v:g}" if isinstance(v, float) else f"{flag(k)} {v}"
                                                  for k, v in chosen.items()) + " (a flag of yours overrides any)")

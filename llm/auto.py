@@ -89,11 +89,12 @@ def measure_flops(device: torch.device) -> float:
 SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "batch_size")
 
 
-def auto_settings(given: dict, corpus_bytes: int, flops: float | None) -> tuple[dict, str]:
+def auto_settings(given: dict, corpus_bytes: int, flops: float | None, world: int = 1) -> tuple[dict, str]:
     """The settings the rule picks for those not `given` (flat settings: flags, --config, --preset), and a line
     saying why. Any shape setting given turns the ladder off (the configs' defaults fill the rest of the shape);
     dropout still follows the passes over the text the run makes. `flops` (the device's training FLOP/s) is needed
-    only when a time budget limits the run (a step limit alone does not depend on speed)."""
+    only when a time budget limits the run (a step limit alone does not depend on speed). `world` processes
+    train together (torchrun): each step reads that many batches, at that many times the FLOP/s."""
     tokenizer, vocab = given.get("tokenizer", "bpe"), given.get("vocab_size", 1024)
     vocab = vocab if tokenizer == "bpe" else 256
     max_steps = given.get("max_steps", 0)
@@ -101,8 +102,8 @@ def auto_settings(given: dict, corpus_bytes: int, flops: float | None) -> tuple[
     text_tokens = max(corpus_bytes / BYTES_PER_TOKEN[tokenizer], 1.0)
 
     def tokens_read(shape: Shape) -> float:
-        by_steps = max_steps * shape.batch_size * shape.block_size if max_steps else float("inf")
-        by_time = time_budget * flops / flops_per_token(shape, vocab) if time_budget and flops else float("inf")
+        by_steps = max_steps * shape.batch_size * shape.block_size * world if max_steps else float("inf")
+        by_time = time_budget * world * flops / flops_per_token(shape, vocab) if time_budget and flops else float("inf")
         return min(by_steps, by_time)
 
     chosen: dict = {}
@@ -122,6 +123,7 @@ def auto_settings(given: dict, corpus_bytes: int, flops: float | None) -> tuple[
         return {}, ""
     budget = f"{time_budget:,.0f} s" + (f" at {flops / 1e9:,.0f} GFLOP/s" if flops else "") if time_budget else ""
     limit = " or ".join(x for x in (budget, f"{max_steps:,} steps" if max_steps else "") if x)
+    limit += f" on each of {world} processes" if world > 1 else ""
     reason = (f"{corpus_bytes / 1e6:.2g} MB of text (about {text_tokens:,.0f} tokens), {limit}: "
               f"{shape.n_layer} layers x {shape.n_embd}, context {shape.block_size}, batch {shape.batch_size} "
               f"({n / 1e6:.2g}M parameters, {read / n:,.0f} tokens read per parameter, {epochs:,.0f} passes over "

@@ -112,7 +112,7 @@ def _untied_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _dump_json(path: Path, obj: Any) -> None:
     """Written whole or not at all: a temporary file renamed over the old one."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # (machines sharing a disk each their own)
     try:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
         os.replace(tmp, path)

@@ -202,7 +202,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def write_tokens(path: Path, ids: np.ndarray) -> None:
     """Token ids with a header, written whole or not at all; a full disk is a DataError naming the file."""
     header = MAGIC + np.array([BIN_VERSION, ids.dtype.itemsize], "<u4").tobytes() + np.array([len(ids)], "<u8").tobytes()
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # (machines sharing a disk each their own)
     try:
         with open(tmp, "wb") as f:
             f.write(header.ljust(HEADER_BYTES, b"\0"))

@@ -26,6 +26,7 @@ from llm.checkpoint import (DATA_INFO, METRICS, STATE, TOKENIZER, TRAIN_BIN, VAL
                             check_sizes, has_checkpoints, load_train_state, load_weights, read_config,
                             read_data_info, read_meta, resolve, truncate_metrics)
 from llm.config import FieldNames, SettingError, from_dict, to_dict
+from llm.dist import Dist
 from llm.data import corpus_at, data_key, is_local, load_split, prepare, read_corpus
 from llm.model import GPT, ModelConfig
 from llm.optim import configure_optimizers
@@ -163,6 +164,8 @@ class Run:
     autocast: contextlib.AbstractContextManager
     log: Callable[[str], None]
     prior_wall: float = 0.0  # wall-clock seconds of the sessions before this one
+    dist: Dist = dataclasses.field(default_factory=Dist)  # this process's place among torchrun's (world 1: alone)
+    ddp: torch.nn.parallel.DistributedDataParallel | None = None  # the model as the ranks share its gradients
     ema: list[torch.Tensor] | None = None  # the averaged weights, one per model.parameters(), with cfg.ema
     raw: list[torch.Tensor] | None = None  # the model's own weights while it holds the averaged ones (averaged())
     last_losses: dict | None = None  # the previous evaluation's, for the overfitting warning
@@ -203,7 +206,8 @@ class Run:
 
     @property
     def tokens_per_step(self) -> int:
-        return self.cfg.batch_size * self.cfg.grad_accum * self.model_cfg.block_size
+        """Tokens a step reads on all ranks together: batch x accumulation x ranks x context."""
+        return self.cfg.batch_size * self.cfg.grad_accum * self.dist.world * self.model_cfg.block_size
 
     @property
     def time_budget(self) -> float:
@@ -305,9 +309,10 @@ def _check_same_text(out: Path, key: str, cfg: TrainConfig, log: Callable[[str],
 
 def start_run(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = False,
               model_overrides: dict | None = None, train_overrides: dict | None = None, overwrite: bool = False,
-              progress: bool = True, log: Callable[[str], None] = tqdm.write) -> Run:
-    """Everything a training session needs: a new run in cfg.out, or the one saved in cfg.out/last (resume)."""
-    out, saved = Path(cfg.out), None
+              progress: bool = True, log: Callable[[str], None] = tqdm.write, dist: Dist = Dist()) -> Run:
+    """Everything a training session needs: a new run in cfg.out, or the one saved in cfg.out/last (resume).
+    Under torchrun (`dist`), rank 0 trains the tokenizer and writes the data files; each rank draws its own batches."""
+    out, saved, tokenizer = Path(cfg.out), None, None
     if resume:
         last, model_cfg, cfg, saved, tokenizer, changed = _read_last(out, model_overrides or {},
                                                                      train_overrides or {})
@@ -317,6 +322,8 @@ def start_run(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = Fa
         raise TrainingError(f"{out} already holds checkpoints: use `resume` to continue that run, "
                             f"`overwrite` to replace it, or `out` for a new directory")
     device = pick_device(cfg.device)
+    if dist.active and device.type == "cuda":  # one GPU per process of this machine
+        device = torch.device("cuda", dist.local_rank)
     ptdtype = pick_dtype(cfg.dtype, device)
     autocast = torch.autocast(device.type, dtype=ptdtype) if ptdtype != torch.float32 else contextlib.nullcontext()
     torch.manual_seed(cfg.seed)
@@ -326,44 +333,79 @@ def start_run(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = Fa
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    texts, _ = read_corpus(list(cfg.corpus), cfg.encoding_errors)
-    if not resume:
-        tokenizer = build_tokenizer(texts, cfg, verbose=progress, log=log)
-    model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
-    key = data_key(texts, tokenizer, cfg.val_frac)
-    if resume:
-        _check_same_text(out, key, cfg, log)
-    info = prepare(texts, tokenizer, out, cfg.val_frac, min_tokens=model_cfg.block_size + 1, key=key)
-    splits = {"train": load_split(out / TRAIN_BIN), "val": load_split(out / VAL_BIN)}
+    model_cfg, tokenizer, splits, info = _data(model_cfg, cfg, tokenizer, resume, progress, log, dist)
 
     if saved is not None:
         check_sizes(last / WEIGHTS, model_cfg)  # before building: a broken config.json could ask for any size
-    model = GPT(model_cfg).to(device)
+    model = GPT(model_cfg).to(device)  # the same weights on every rank: each seeded alike
     optimizers = configure_optimizers(model, cfg.optimizer, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                       cfg.muon_lr, device.type)
-    batch_gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + dist.rank)  # dropout: each rank its own masks (rank 0's as one process's)
+    batch_gen = torch.Generator().manual_seed(cfg.seed + dist.rank)  # each rank its own batches
     state, prior_wall, ema = RunState(), 0.0, None
     if saved is not None:
-        state, prior_wall, ema = _restore(last, saved, model, optimizers, batch_gen, cfg, device)
-        truncate_metrics(out, state.step)
-    else:  # a new run starts a new log (an old one may be left from a run that saved nothing)
-        (out / METRICS).unlink(missing_ok=True)
+        state, prior_wall, ema = _restore(last, saved, model, optimizers, batch_gen, cfg, device, dist)
+    if dist.main:
+        if saved is not None:
+            truncate_metrics(out, state.step)
+        else:  # a new run starts a new log (an old one may be left from a run that saved nothing)
+            (out / METRICS).unlink(missing_ok=True)
+    # under torchrun, DDP averages the gradients; buffers are constants, so not synced at each forward
+    ddp = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        forward_sync_buffers=False) if dist.active else None
+    fwd = ddp or model
     use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
-    return Run(cfg, model_cfg, state, tokenizer, splits, info["val_tokens"] / info["val_bytes"], model,
-               torch.compile(model) if use_compile else model, optimizers,
-               torch.amp.GradScaler(device.type, enabled=ptdtype == torch.float16), batch_gen, device, autocast, log,
-               prior_wall, ema)
+    run = Run(cfg, model_cfg, state, tokenizer, splits, info["val_tokens"] / info["val_bytes"], model,
+              torch.compile(fwd) if use_compile else fwd, optimizers,
+              torch.amp.GradScaler(device.type, enabled=ptdtype == torch.float16), batch_gen, device, autocast,
+              log if dist.main else _quiet, prior_wall, dist=dist, ddp=ddp, ema=ema)
+    if dist.active:
+        run.log(f"data parallel: {dist.world} processes ({dist.backend}), each {cfg.batch_size} x {cfg.grad_accum} "
+                f"sequences of {model_cfg.block_size} tokens a step: {run.tokens_per_step:,} tokens a step in all")
+    return run
+
+
+def _quiet(line: str) -> None:
+    """The log of a rank other than 0: rank 0 speaks for the run."""
+
+
+def _data(model_cfg: ModelConfig, cfg: TrainConfig, tokenizer, resume: bool, progress: bool,
+          log: Callable[[str], None], dist: Dist):
+    """The run's tokenizer (trained now unless resumed) and its train / val token files -> (model config with the
+    vocabulary size, tokenizer, splits, data info). Under torchrun rank 0 trains the tokenizer, the first process of
+    each machine writes the token files, and the others wait."""
+    out = Path(cfg.out)
+    texts, _ = read_corpus(list(cfg.corpus), cfg.encoding_errors)
+    if tokenizer is None and dist.main:
+        tokenizer = build_tokenizer(texts, cfg, verbose=progress, log=log)
+    if dist.active and not resume:
+        tokenizer = dist.share(tokenizer)
+    model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
+    info = None
+    if dist.local_rank == 0:  # the first process of each machine: `out` may be a disk of each machine's own
+        key = data_key(texts, tokenizer, cfg.val_frac)
+        if resume and dist.main:
+            _check_same_text(out, key, cfg, log)
+        info = prepare(texts, tokenizer, out, cfg.val_frac, min_tokens=model_cfg.block_size + 1, key=key)
+    info = dist.share(info)  # (and the others wait here for the files)
+    return model_cfg, tokenizer, {"train": load_split(out / TRAIN_BIN), "val": load_split(out / VAL_BIN)}, info
 
 
 def _restore(last: Path, saved: dict, model: GPT, optimizers: list, batch_gen: torch.Generator, cfg: TrainConfig,
-             device: torch.device) -> tuple[RunState, float, list[torch.Tensor] | None]:
-    """Put a resumed run back as OUT/last saved it: weights, optimizers, random states -> (its state, the wall
-    seconds of the sessions before, the averaged weights when it keeps an `ema`)."""
+             device: torch.device, dist: Dist) -> tuple[RunState, float, list[torch.Tensor] | None]:
+    """Put a resumed run back as OUT/last saved it: weights, optimizers, random states (each rank its own) ->
+    (its state, the wall seconds of the sessions before, the averaged weights when it keeps an `ema`)."""
+    world = saved.get("world_size", 1)
+    if world != dist.world:
+        raise TrainingError(f"`resume`: this run was trained by {world} process(es) and this is {dist.world}: "
+                            f"resume it with torchrun --nproc_per_node={world} (or without torchrun for 1), since "
+                            "another number changes the batch and the order of the data")
     load_weights(model, last / WEIGHTS)  # copies into the tensors already on `device`
     try:
         for opt, sd in zip(optimizers, saved["optimizers"], strict=True):
             opt.load_state_dict(sd)
-        set_rng_state(saved["rng"], batch_gen)
+        set_rng_state(saved["rng_ranks"][dist.rank] if dist.active else saved["rng"], batch_gen)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise TrainingError(f"`resume`: {last / STATE} does not fit this run ({type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else ''})") from None

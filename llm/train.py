@@ -6,14 +6,17 @@
     evaluate(run, save)            the losses and a sample; saves last/ and, when better, best/
     save_run(run, kind, ...)       OUT/best or OUT/last as the run is now
 
-The run's mutable state is one dataclass, RunState (llm/run.py). OUT/last/train_state.pt holds it, with the optimizer state
-and the RNG states of torch (dropout), python, numpy and the batch generator, so a resumed run continues exactly.
-Evaluation draws its batches from a generator seeded afresh each time, so it never disturbs training's
-randomness and every eval sees the same batches. Errors name settings by field (`lr`); train_cli.py shows flags.
+The run's mutable state is one dataclass, RunState (llm/run.py). OUT/last/train_state.pt holds it, with the
+optimizer state and the RNG states of torch (dropout), python, numpy and the batch generator, so a resumed run
+continues exactly. Evaluation draws its batches from a generator seeded afresh each time, so it never disturbs
+training's randomness and every eval sees the same batches. Errors name settings by field (`lr`); train_cli.py
+shows flags. Under torchrun (llm/dist.py) every rank runs this loop on its own batches; DDP averages the
+gradients, the ranks agree on when to stop, and rank 0 alone writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -25,6 +28,7 @@ from tqdm import tqdm
 
 from llm.checkpoint import append_metrics, read_meta, run_lock, save_checkpoint
 from llm.data import corpus_from, get_batch
+from llm.dist import Dist, peers_lost
 from llm.model import GPT, ModelConfig
 from llm.optim import get_lr
 from llm.run import Run, TrainConfig, TrainingError, start_run
@@ -40,8 +44,9 @@ OVERFIT_RISE = 0.01  # nats per token: a validation loss this far above the last
 
 @torch.no_grad()
 def estimate_loss(model: GPT, splits: dict[str, np.ndarray], block_size: int, batch_size: int, eval_iters: int,
-                  device: torch.device, autocast, seed: int) -> dict[str, float]:
-    """Mean loss over `eval_iters` batches per split, drawn from a freshly seeded generator."""
+                  device: torch.device, autocast, seed: int, dist: Dist = Dist()) -> dict[str, float]:
+    """Mean loss over `eval_iters` batches per split, drawn from a freshly seeded generator. Under torchrun each
+    rank computes its share of the same batches (k % world == rank), so the figure is one process's."""
     was_training = model.training
     model.eval()
     out = {}
@@ -49,12 +54,14 @@ def estimate_loss(model: GPT, splits: dict[str, np.ndarray], block_size: int, ba
         gen = torch.Generator().manual_seed(seed)
         losses = torch.zeros(eval_iters)
         for k in range(eval_iters):
-            x, y = get_batch(data, block_size, batch_size, gen, device)
+            x, y = get_batch(data, block_size, batch_size, gen, device)  # drawn on every rank: the same sequence
+            if k % dist.world != dist.rank:
+                continue
             with autocast:
                 logits, loss = model(x, y)
             # a finite loss can hide non-finite scores (one row of inf logits): such a model is not worth saving
             losses[k] = loss.float().item() if torch.isfinite(logits).all() else math.nan
-        out[name] = losses.mean().item()
+        out[name] = dist.sum(losses).mean().item()
     model.train(was_training)
     return out
 
@@ -71,12 +78,14 @@ def train_step(run: Run) -> tuple[float, float, float]:
         for g in opt.param_groups:
             g["lr"] = g["initial_lr"] * mult
     loss_sum = 0.0
-    for _ in range(cfg.grad_accum):
+    for micro in range(cfg.grad_accum):
         x, y = get_batch(run.splits["train"], run.model_cfg.block_size, cfg.batch_size, run.batch_gen, run.device)
-        loss = _forward(run, x, y)
-        run.scaler.scale(loss / cfg.grad_accum).backward()
+        # under torchrun the ranks average their gradients once a step, in the last micro-batch's backward
+        with run.ddp.no_sync() if run.ddp and micro < cfg.grad_accum - 1 else contextlib.nullcontext(), peers_lost():
+            loss = _forward(run, x, y)
+            run.scaler.scale(loss / cfg.grad_accum).backward()
         loss_sum += loss.detach().float()
-    loss = (loss_sum / cfg.grad_accum).item()
+    loss = run.dist.mean(loss_sum / cfg.grad_accum).item()  # every rank's: the ranks skip a step together
     for opt in run.optimizers:
         run.scaler.unscale_(opt)
     norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip or float("inf")).item()
@@ -123,8 +132,8 @@ def evaluate(run: Run, save: bool) -> dict:
 
 def _evaluate(run: Run, save: bool) -> dict:
     cfg, state = run.cfg, run.state
-    losses = estimate_loss(run.fwd, run.splits, run.model_cfg.block_size, cfg.batch_size, cfg.eval_iters,
-                           run.device, run.autocast, cfg.seed + 1)
+    losses = estimate_loss(run.model if run.ddp else run.fwd, run.splits, run.model_cfg.block_size, cfg.batch_size,
+                           cfg.eval_iters, run.device, run.autocast, cfg.seed + 1, run.dist)
     bpb = losses["val"] * run.tokens_per_byte / math.log(2)
     seconds = max(state.train_time - run.start.train_time, 1e-9)
     row = {"kind": "eval", "step": state.step, "train_loss": losses["train"], "val_loss": losses["val"],
@@ -137,11 +146,12 @@ def _evaluate(run: Run, save: bool) -> dict:
     # never save a run that is going wrong: a non-finite loss, weight, or score (the sample's decode steps see
     # scores forward does not: huge weights overflow where the decoder folds the norms' gains in)
     sound = math.isfinite(losses["val"]) and finite_weights(run.model)
-    if cfg.sample_tokens and sound:
+    if cfg.sample_tokens and sound and run.dist.main:
         try:
             row["sample"] = sample_text(run.model, run.tokenizer, cfg.sample_tokens, cfg.seed, prompt="\n")
         except NonFiniteScores:
             sound = False
+    sound = not run.dist.any(not sound)  # (rank 0's sample decides for all)
     improved = save and sound and losses["val"] < state.best_val_loss  # the best saved, not the best seen
     if improved:
         state.best_val_loss = losses["val"]
@@ -149,7 +159,8 @@ def _evaluate(run: Run, save: bool) -> dict:
         save_run(run, "last", losses["val"], bpb)  # last first: it carries best_val_loss, so a crash cannot lose track
         if improved:
             save_run(run, "best", losses["val"], bpb)
-    append_metrics(run.out, row)
+    if run.dist.main:
+        append_metrics(run.out, row)
     warn_overfit(run, losses)
     note = ((" (best)" if improved else "") if save and sound else " (not saved: "
             + ("the weights or the scores are not finite)" if not sound else "the last steps' loss was not finite)"))
@@ -173,16 +184,23 @@ def warn_overfit(run: Run, losses: dict[str, float]) -> None:
 
 
 def save_run(run: Run, kind: str, val_loss: float | None, bpb: float | None) -> None:
-    """Write OUT/best or OUT/last (with the train state) for the run as it is now."""
+    """Write OUT/best or OUT/last (with the train state) for the run as it is now. Under torchrun every rank
+    calls it for last/ (rank 0 gathers their random states) and rank 0 alone writes."""
+    rngs = run.dist.gather(rng_state(run.batch_gen)) if kind == "last" else None
+    if not run.dist.main:
+        return
     s, device = run.state, run.device
     meta = {"step": s.step, "tokens_seen": s.tokens_seen, "val_loss": val_loss, "bits_per_byte": bpb,
             "train_time": s.train_time, "wall_time": time.time() - run.t_start + run.prior_wall,
             "corpus": list(run.cfg.corpus), "device": str(device), "params": run.model.num_params(),
-            "hardware": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type}
+            "hardware": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+            "world_size": run.dist.world, "tokens_per_step": run.tokens_per_step}
     train_state = None
     if kind == "last":  # with where the corpus is, for resuming: config.json and meta.json keep names only
         train_state = {**dataclasses.asdict(s), "optimizers": [o.state_dict() for o in run.optimizers],
-                       "rng": rng_state(run.batch_gen), "corpus": corpus_from(run.out, run.cfg.corpus)}
+                       "rng": rngs[0], "corpus": corpus_from(run.out, run.cfg.corpus)}
+        if run.dist.active:  # each rank's own, to resume with as many
+            train_state.update(world_size=run.dist.world, rng_ranks=rngs)
         if run.raw is not None:  # the model holds the average: keep its own weights to resume from
             train_state["raw_weights"] = [r.cpu() for r in run.raw]
     save_checkpoint(run.out / kind, run.model, run.tokenizer, run.cfg, meta, train_state)
@@ -194,7 +212,7 @@ def save_run(run: Run, kind: str, val_loss: float | None, bpb: float | None) -> 
 def train(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = False, model_overrides: dict | None = None,
           train_overrides: dict | None = None, overwrite: bool = False, progress: bool = True,
           log: Callable[[str], None] = tqdm.write, evaluate_on_stop: bool = False, deadline: float | None = None,
-          halt: Callable[[], bool] | None = None) -> dict:
+          halt: Callable[[], bool] | None = None, dist: Dist = Dist()) -> dict:
     """Train, writing OUT/best, OUT/last and OUT/metrics.jsonl. Returns a summary of the run.
 
     With resume=True the configs come from OUT/last; `model_overrides` / `train_overrides` are the settings the
@@ -203,9 +221,9 @@ def train(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = False,
     best/. At `deadline` (time.monotonic()) the run is cut: last/ saved, no evaluation, to resume exactly (a slice
     of a ZeroGPU call).
     """
-    with run_lock(cfg.out):
-        return train_loop(start_run(model_cfg, cfg, resume, model_overrides, train_overrides, overwrite, progress, log),
-                          progress, evaluate_on_stop, deadline, halt)
+    with run_lock(cfg.out) if dist.main else contextlib.nullcontext():  # (rank 0 writes for all)
+        run = start_run(model_cfg, cfg, resume, model_overrides, train_overrides, overwrite, progress, log, dist)
+        return train_loop(run, progress and dist.main, evaluate_on_stop, deadline, halt)
 
 
 def train_loop(run: Run, progress: bool, evaluate_on_stop: bool = False, deadline: float | None = None,
@@ -216,12 +234,17 @@ def train_loop(run: Run, progress: bool, evaluate_on_stop: bool = False, deadlin
     bad_in_a_row, last_eval, cut = 0, None, False
     run.fwd.train()
     with stop.installed():
-        while not (stop.signum or run.done()):
-            if halt is not None and halt():
+        while True:
+            done = run.done()
+            if not done and halt is not None and halt():
                 stop.signum = -1  # as a stop signal would
-                break
-            if deadline is not None and time.monotonic() >= deadline and state.step > run.start.step:
-                cut = True  # (after a step at least: a slice whose start-up took it all still makes progress)
+            # (after a step at least: a slice whose start-up took it all still makes progress)
+            cut = not (done or stop.signum) and deadline is not None and time.monotonic() >= deadline \
+                and state.step > run.start.step
+            if run.dist.active:  # the ranks stop together, for the same reason
+                agreed = run.dist.max(torch.tensor([stop.signum, cut, done], dtype=torch.float64))
+                stop.signum, cut, done = int(agreed[0]), bool(agreed[1]), bool(agreed[2])
+            if done or stop.signum or cut:
                 break
             loss, norm, dt = train_step(run)
             bad_in_a_row = 0 if math.isfinite(loss) and math.isfinite(norm) else bad_in_a_row + 1
@@ -231,7 +254,7 @@ def train_loop(run: Run, progress: bool, evaluate_on_stop: bool = False, deadlin
                 raise TrainingError(f"the loss or gradient was not finite for {MAX_BAD_STEPS} steps in a row "
                                     f"(up to step {state.step}); stopped with the saved checkpoints untouched. "
                                     f"Try a lower `lr`{clip}")
-            if state.step % cfg.log_interval == 0:
+            if state.step % cfg.log_interval == 0 and run.dist.main:
                 append_metrics(run.out, {"kind": "train", "step": state.step, "loss": loss, "grad_norm": norm,
                                          "lr": run.optimizers[0].param_groups[0]["lr"], "dt": dt,
                                          "train_time": state.train_time})
@@ -245,7 +268,7 @@ def train_loop(run: Run, progress: bool, evaluate_on_stop: bool = False, deadlin
         elif last_eval is None or last_eval["step"] != state.step:
             last_eval = evaluate(run, save=bad_in_a_row == 0)
     bar.close()
-    best = read_meta(run.out / "best") if (run.out / "best").exists() else {}
+    best = read_meta(run.out / "best") if run.dist.main and (run.out / "best").exists() else {}
     return {"out": str(run.out), "step": state.step, "interrupted": stop.signum, "cut": cut,
             "best_val_loss": best.get("val_loss"),
             "best_bits_per_byte": best.get("bits_per_byte"), "last_val_loss": (last_eval or {}).get("val_loss"),

@@ -55,6 +55,11 @@ def test_a_step_limit_needs_no_speed_and_given_settings_are_kept():
     assert chosen == {"dropout": 0.1} and "8 passes" in why  # 60 x 8 x 32 tokens over about 5000 / 2.6
     assert auto_settings({**given, "n_layer": 2}, 5000, None) == ({}, "")  # nothing left to choose
 
+    # under torchrun each step reads every process's batch: twice the passes with 2 processes
+    shape = {"max_steps": 60, "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 8}
+    _, why = auto_settings(shape, 5000, None, world=2)
+    assert "16 passes" in why and "on each of 2 processes" in why  # 60 x 8 x 32 x 2 tokens over 1,923
+
 
 def test_train_cli_says_what_it_chose_and_a_flag_overrides_it(corpus, tmp_path, capsys):
     from llm.checkpoint import read_config
@@ -86,3 +91,16 @@ def test_presets_and_shape_flags_keep_their_shape(corpus, tmp_path, capsys, pres
     model, _ = read_config(out / "last")
     expected = 128 if preset_args[0] == "--preset" else 32
     assert model.n_embd == expected
+
+
+def test_measure_flops(monkeypatch):
+    import math
+
+    import torch
+
+    import llm.auto as auto
+
+    flops = auto.measure_flops(torch.device("cpu"))
+    assert math.isfinite(flops) and 1e6 < flops < 1e14  # a CPU: timed on the smallest shape
+    monkeypatch.setattr(auto, "peak_flops", lambda device: 989e12)  # a GPU of a known kind: a third of its peak
+    assert auto.measure_flops(torch.device("cpu")) == pytest.approx(989e12 / 3)

@@ -16,7 +16,7 @@ LAYERS = [
     ["llm.decode"],
     ["llm.sample"],
     ["llm.checkpoint"],
-    ["llm.data", "llm.optim", "llm.runtime"],
+    ["llm.data", "llm.optim", "llm.runtime", "llm.dist"],
     ["llm.auto"],
     ["llm.run"],
     ["llm.train"],
