@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -88,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     for group, settings in SETTING_FLAGS.items():
         g = p.add_argument_group(group)
         if group == "data":
-            g.add_argument("--corpus", nargs="+", help="text file(s), an http(s) URL, or tiny_shakespeare")
+            g.add_argument("--corpus", nargs="+", help=("text files (.gz too), directories, globs, http(s) URLs, "
+                                                        "hf:USER/NAME (a Hub dataset), or tiny_shakespeare"))
         for name, kw, text in settings:
             shown = "" if name == "compile" or defaults.get(name) is None else f" (default {defaults[name]:g})" \
                 if isinstance(defaults[name], float) else f" (default {defaults[name]})"
@@ -186,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"train_cli.py: error: {as_flags(e)}", file=sys.stderr)
         return 1
     try:
-        dist.start(pick_device(settings.get("device", "auto")).type)
+        dist.start(pick_device(settings.get("device") or _saved(settings["out"], "device", args.resume)).type)
         if args.resume:  # the configs come from OUT/last; train() checks what was given against them
             model_cfg, train_cfg = None, TrainConfig(out=settings["out"])
         else:  # what was given is checked first; then the rule fills in the rest (rank 0's choice for all)
@@ -224,7 +227,8 @@ def gather_settings(args: argparse.Namespace) -> tuple[dict, dict, dict]:
     if isinstance(settings.get("corpus"), str):
         settings["corpus"] = (settings["corpus"],)
     if not settings.get("corpus") and not (args.resume and settings.get("out")):
-        raise ValueError("--corpus is required (a text file, a URL, or tiny_shakespeare)")
+        raise ValueError("--corpus is required (text files, directories, globs, URLs, hf:USER/NAME, or "
+                         "tiny_shakespeare)")
     model_given, train_given = split_settings(settings)
     if "out" not in settings:
         settings["out"] = str(Path("checkpoints") / _corpus_name(settings["corpus"][0]))
@@ -266,9 +270,9 @@ def auto_fill(settings: dict, world: int = 1) -> dict:
     """The settings with what the rule of llm/auto.py picks for those not given (README, "Settings chosen for
     you"), said in one line; `world` processes train together (torchrun)."""
     from llm.auto import auto_settings, measure_flops
-    from llm.data import resolve_corpus
+    from llm.corpus import open_corpus
 
-    size = sum(resolve_corpus(spec).stat().st_size for spec in settings["corpus"])
+    size = open_corpus(settings["corpus"], settings.get("encoding_errors", "strict")).nbytes()
     timed = settings.get("time_budget") or not settings.get("max_steps")
     flops = measure_flops(pick_device(settings.get("device", "auto"))) if timed else None
     chosen, why = auto_settings(settings, size, flops, world)
@@ -278,9 +282,24 @@ def auto_fill(settings: dict, world: int = 1) -> dict:
     return {**chosen, **settings}
 
 
+def _saved(out: str, key: str, resume: bool, default: str = "auto") -> str:
+    """A training setting of the run in OUT/last, when resuming it (before anything else reads it)."""
+    if not resume:
+        return default
+    from llm.checkpoint import CheckpointError, read_config
+
+    try:
+        return read_config(Path(out) / "last")[1].get(key, default)
+    except (CheckpointError, OSError):
+        return default  # (train() says what is wrong with it)
+
+
 def _corpus_name(spec: str) -> str:
-    name = Path(spec.split("?")[0].rstrip("/")).stem
-    return name or "corpus"
+    """The run's default name: the corpus's file or directory name (of a glob, the part before its wildcards)."""
+    spec = spec.split("?")[0].rstrip("/")
+    if glob.has_magic(spec):
+        spec = "/".join(itertools.takewhile(lambda part: not glob.has_magic(part), spec.split("/")))
+    return Path(spec).stem or "corpus"
 
 
 if __name__ == "__main__":

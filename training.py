@@ -25,7 +25,7 @@ import torch
 from llm import card, hub, public, studio, viz, worker
 from llm.checkpoint import CONFIG
 from llm.config import SettingError
-from llm.data import BUILTIN_CORPORA, DataError
+from llm.corpus import BUILTIN_CORPORA, DataError
 from llm.model import GPT, ModelConfig
 from llm.run import TrainConfig
 from llm.studio import StudioSettings

@@ -11,6 +11,7 @@ import heapq
 import os
 import re
 import unicodedata
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from operator import add
@@ -61,16 +62,33 @@ def to_utf8(text: str) -> bytes:
         return SURROGATE.sub("\ufffd", text).encode("utf-8")
 
 
-def count_chunks(pieces: str | Iterable[str], pattern: str = GPT4_SPLIT_PATTERN) -> Counter[str]:
+MAX_CHUNKS = 2_000_000  # distinct chunks counted at once (about 0.4 GB) before the rare ones are let go
+
+
+def count_chunks(pieces: str | Iterable[str], pattern: str = GPT4_SPLIT_PATTERN,
+                 max_chunks: int = MAX_CHUNKS) -> Counter[str]:
     """Count the pre-split chunks of a corpus given as one string or an iterator of pieces.
 
     Each piece is split on its own, so pieces must be cut where the split cuts anyway: whole documents,
-    or the output of cut_text / read_pieces. Memory grows with the number of unique chunks, not the corpus.
+    or the output of cut_text / read_pieces. Memory grows with the number of distinct chunks, not the corpus,
+    and stays bounded: past `max_chunks` distinct chunks, those seen least often (once, then twice, ...) are
+    dropped until a half is left, and a warning says so (their counts, and merges only they would make, are lost).
     """
     compiled = regex.compile(SPLIT_PATTERNS.get(pattern, pattern))
     counts: Counter[str] = Counter()
+    dropped = 0  # the highest count of a chunk let go
     for piece in [pieces] if isinstance(pieces, str) else pieces:
         counts.update(compiled.findall(piece))
+        if len(counts) > max_chunks:
+            floor = 0
+            while len(counts) > max_chunks // 2:
+                floor += 1
+                counts = Counter({c: n for c, n in counts.items() if n > floor})
+            dropped = max(dropped, floor)
+    if dropped:
+        warnings.warn(f"the corpus has more than {max_chunks:,} distinct pre-split chunks: those seen {dropped} "
+                      "time(s) or fewer at a count were let go to bound memory (merges only rare words would make "
+                      "may be missed)", stacklevel=2)
     return counts
 
 
@@ -88,19 +106,31 @@ def cut_text(text: str, n_parts: int) -> list[str]:
     return [text[i:j] for i, j in zip(cuts, cuts[1:]) if j > i]
 
 
+_WORD_GAP = regex.compile(r"(?<=\p{L}) (?=\p{L})")  # one space between letters: a chunk starts at the space
+
+
+def cut_stream(blocks: Iterable[str], max_chars: int = 1 << 24) -> Iterator[str]:
+    """Text arriving in blocks (of a file larger than memory) -> pieces cut as in cut_text, at safe newlines.
+    Text with none for max_chars characters (a file of one line, or CRLF line ends) is cut before the last space
+    between two letters instead, which both split patterns also start a chunk at; with neither, it stays whole."""
+    rest = ""
+    for block in blocks:
+        buf = rest + block  # the last safe cut is at or after the end of rest (rest had none)
+        cut = max((m.end() for m in _SAFE_CUT.finditer(buf, max(0, len(rest) - 1))), default=0)
+        if not cut and len(buf) > max_chars:
+            cut = max((m.start() for m in _WORD_GAP.finditer(buf, max(0, len(buf) - max_chars))), default=0)
+        if cut:
+            yield buf[:cut]
+        rest = buf[cut:]
+    if rest:
+        yield rest
+
+
 def read_pieces(path: str | os.PathLike, piece_chars: int = 1 << 22) -> Iterator[str]:
     """Yield a UTF-8 text file in pieces of about `piece_chars`, cut as in cut_text (for files larger than
     memory: Tokenizer.train(read_pieces(path), ...)). Line endings are kept as they are in the file."""
-    rest = ""
     with open(path, encoding="utf-8", newline="") as f:
-        while block := f.read(piece_chars):
-            buf = rest + block  # the last safe cut is at or after the end of rest (rest had none)
-            cut = max((m.end() for m in _SAFE_CUT.finditer(buf, max(0, len(rest) - 1))), default=0)
-            if cut:
-                yield buf[:cut]
-            rest = buf[cut:]
-    if rest:
-        yield rest
+        yield from cut_stream(iter(lambda: f.read(piece_chars), ""))
 
 
 def _pair_index(chunk_counts: Mapping[str, int]):

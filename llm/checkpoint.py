@@ -43,7 +43,8 @@ METRICS, DATA_INFO, TRAIN_BIN, VAL_BIN = "metrics.jsonl", "data.json", "train.bi
 LOCK = ".lock"  # held by the run that writes the directory
 MAX_BLOCK_SIZE = 1 << 20  # a context longer than this is no model this code trains: a config asking for it is broken
 CHECKPOINT_KINDS = ("best", "last")
-ABSENT = {"model": {"value_embed": False}, "train": {"ema": 0.0}}  # what older checkpoints were trained with
+# what older checkpoints were trained with (value_embed was a default for a day, between two of its values)
+ABSENT = {"model": {"value_embed": False}, "train": {"ema": 0.0}}
 __version__ = "0.1.0"
 
 
@@ -112,7 +113,7 @@ def _untied_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _dump_json(path: Path, obj: Any) -> None:
     """Written whole or not at all: a temporary file renamed over the old one."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # (machines sharing a disk each their own)
+    tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")  # (machines sharing a disk)
     try:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
         os.replace(tmp, path)

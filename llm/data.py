@@ -1,10 +1,11 @@
-"""From corpus names to memory-mapped token files and random training batches.
+"""From a corpus to memory-mapped token files and random training batches.
 
-    resolve_corpus("tiny_shakespeare" | URL | path)  -> local paths (URLs downloaded once into a cache)
-    read_corpus(paths)                               -> list of texts (UTF-8, errors reported with byte offsets)
-    prepare(texts, tokenizer, out_dir, val_frac)     -> train.bin / val.bin beside the checkpoints, reused by hash
+    prepare(corpus, tokenizer, out_dir, val_frac)    -> train.bin / val.bin beside the checkpoints, reused by hash,
+                                                        written as the corpus streams by (never whole in memory)
     load_split(path)                                 -> np.memmap of token ids
     get_batch(data, block_size, batch_size, gen)     -> (x, y) int64 tensors of shape (B, T)
+
+Finding and reading the corpus (files, directories, globs, .gz, URLs) is llm/corpus.py.
 """
 
 from __future__ import annotations
@@ -12,171 +13,160 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import urllib.error
-import urllib.request
-from collections.abc import Sequence
+import socket
+from collections import deque
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from llm.checkpoint import DATA_INFO, TRAIN_BIN, VAL_BIN, read_data_info, write_data_info
-from llm.config import FieldNames
+from llm.corpus import Corpus, DataError
 
-BUILTIN_CORPORA = {
-    "tiny_shakespeare": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-}
 MAGIC = b"SGPTTOK\0"  # 8 bytes
 BIN_VERSION = 1
 HEADER_BYTES = 32  # magic, version (u4), itemsize (u4), count (u8), padding: keeps the ids 32-byte aligned
 
 
-class DataError(FieldNames, ValueError):
-    """Bad corpus or data file; the message is one line meant for the user (settings marked as in SettingError)."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SCRATCHGPT_CACHE", Path.home() / ".cache" / "scratchgpt")) / "corpora"
-
-
-# -----------------------------------------------------------------------------
-# finding and reading the corpus
-
-def resolve_corpus(spec: str, cache: Path | None = None, timeout: float = 60.0) -> Path:
-    """A built-in name, an http(s) URL (downloaded once into the cache) or a local file path -> local path."""
-    url = BUILTIN_CORPORA.get(spec, spec)
-    if url.startswith(("http://", "https://")):
-        return _download(url, cache or cache_dir(), timeout, name=spec if spec in BUILTIN_CORPORA else None)
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise DataError(f"corpus not found: {spec} (a file path, a URL, or one of: {', '.join(BUILTIN_CORPORA)})")
-    if path.is_dir():
-        raise DataError(f"corpus is a directory, not a text file: {spec}")
-    return path
-
-
-def is_local(spec: str) -> bool:
-    """A corpus spec that names a file here (not a built-in name or a URL)."""
-    return not BUILTIN_CORPORA.get(spec, spec).startswith(("http://", "https://"))
-
-
-def corpus_from(out_dir: str | Path, specs: Sequence[str]) -> list[str]:
-    """Corpus specs as a run keeps them to resume: local files relative to its directory (so no absolute path
-    of this machine is stored), built-in names and URLs as they are."""
-    base = Path(out_dir).resolve()
-    return [_relative(Path(s).expanduser().resolve(), base) if is_local(s) else s for s in specs]
-
-
-def _relative(path: Path, base: Path) -> str:
-    try:
-        return os.path.relpath(path, base)
-    except ValueError:  # Windows: another drive has no relative path; resuming needs the path, so it stays
-        return str(path)
-
-
-def corpus_at(out_dir: str | Path, specs: Sequence[str]) -> tuple[str, ...]:
-    """corpus_from's specs back to usable ones, for a run in out_dir."""
-    return tuple(str(Path(out_dir) / s) if is_local(s) else s for s in specs)
-
-
-def _download(url: str, cache: Path, timeout: float, name: str | None = None) -> Path:
-    stem = name or Path(url.split("?")[0]).name or "corpus"
-    dest = cache / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{stem}"
-    if dest.is_file():
-        return dest
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + f".part{os.getpid()}")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
-            shutil.copyfileobj(r, f)
-        os.replace(tmp, dest)  # only a complete download is ever seen under its final name
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", None) or e
-        raise DataError(f"could not download {url}: {reason}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
-
-
-def read_text(path: Path, errors: str = "strict") -> str:
-    """Read one UTF-8 file. With errors='strict', a bad byte is reported by its offset; 'replace' swaps in U+FFFD."""
-    return decode_text(path.read_bytes(), str(path), errors)
-
-
-def decode_text(data: bytes, name: str, errors: str = "strict") -> str:
-    """A corpus's bytes -> its text, checked as every corpus is (UTF-8, not binary, not empty); `name` says what
-    it is in the messages (a path, or "the uploaded file")."""
-    if errors not in ("strict", "replace"):
-        raise DataError(f"encoding errors must be 'strict' or 'replace', got {errors!r}")
-    try:
-        text = data.decode("utf-8", errors=errors)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{name} is not valid UTF-8: byte 0x{data[e.start]:02x} at offset {e.start} "
-                        f"(set `encoding_errors` to replace to substitute U+FFFD)") from None
-    if "\x00" in text:
-        raise DataError(f"{name} looks like a binary file (NUL byte at character {text.index(chr(0))})")
-    if not text.strip():
-        raise DataError(f"{name} is empty" + (" (only whitespace)" if text else ""))
-    return text
-
-
-def read_corpus(specs: list[str], errors: str = "strict") -> tuple[list[str], list[Path]]:
-    paths = [resolve_corpus(s) for s in specs]
-    return [read_text(p, errors) for p in paths], paths
-
-
 # -----------------------------------------------------------------------------
 # tokenized splits on disk
 
-def data_key(texts: list[str], tokenizer, val_frac: float) -> str:
+def data_key(corpus: Corpus | Sequence[str], tokenizer, val_frac: float) -> str:
     """What the token files of a run depend on: the texts, the tokenizer and the split (a sha256)."""
     h = hashlib.sha256()
-    for t in texts:
-        h.update(hashlib.sha256(t.encode("utf-8", "surrogatepass")).digest())
+    for digest in _as_corpus(corpus).digests():
+        h.update(digest)
     h.update(tokenizer_fingerprint(tokenizer).encode())
     h.update(f"val_frac={val_frac}".encode())
     return h.hexdigest()
 
 
-def prepare(texts: list[str], tokenizer, out_dir: str | Path, val_frac: float = 0.1,
-            min_tokens: int = 2, key: str | None = None) -> dict:
+def _as_corpus(corpus: Corpus | Sequence[str]) -> Corpus:
+    return corpus if isinstance(corpus, Corpus) else Corpus(texts=tuple(corpus))
+
+
+PARALLEL_MIN_BYTES = 8 << 20  # below this, worker processes cost more than they save (bench/README.md, Tokenizer)
+COPY_TOKENS = 1 << 22  # tokens moved at a time when the stream is split into train and val
+
+
+def prepare(corpus: Corpus | Sequence[str], tokenizer, out_dir: str | Path, val_frac: float = 0.1,
+            min_tokens: int = 2, key: str | None = None, num_workers: int | None = None,
+            progress: bool = False) -> dict:
     """Tokenize once into OUT/train.bin and OUT/val.bin, reused while corpus, tokenizer and split are unchanged
-    (data.json's key, and the token files as long as it says).
+    (data.json's key, and the token files as long as it says). `corpus`: a Corpus, or texts.
 
     Documents are joined with the end-of-text token when the tokenizer has one. The last `val_frac` (in (0, 1),
-    checked by TrainConfig) of the token stream is validation. Returns the info dict saved as OUT/data.json
-    (token and byte counts for bits per byte). `key`: data_key's, when the caller has it already.
+    checked by TrainConfig) of the token stream is validation. The pieces of the corpus are encoded by
+    `num_workers` processes (None: every core for 8 MB or more) straight into the file, so memory does not grow
+    with the corpus; the files do not depend on the number of workers. Returns the info dict saved as
+    OUT/data.json (token and byte counts for bits per byte). `key`: data_key's, when the caller has it already.
     """
-    out_dir = Path(out_dir)
-    key = key or data_key(texts, tokenizer, val_frac)
+    out_dir, corpus = Path(out_dir), _as_corpus(corpus)
+    key = key or data_key(corpus, tokenizer, val_frac)
     info = read_data_info(out_dir)
     if info.get("key") == key and _files_match(out_dir, info, min_tokens):
         return info
-
-    eot = getattr(tokenizer, "eot_id", None)
-    ids: list[int] = []
-    for i, doc in enumerate(tokenizer.encode_batch(texts)):
-        if i and eot is not None:
-            ids.append(eot)
-        ids.extend(doc)
-    n_val = int(len(ids) * val_frac)
-    train, val = ids[: len(ids) - n_val], ids[len(ids) - n_val:]
-    for name, part in (("train", train), ("val", val)):
-        if len(part) < min_tokens:
-            raise DataError(f"the {name} split has {len(part)} tokens, fewer than block_size + 1 = {min_tokens}: "
-                            f"use a longer corpus, a smaller `block_size`, or a different `val_frac`")
-    out_dir.mkdir(parents=True, exist_ok=True)  # only now: a corpus that fails the checks leaves nothing behind
+    made = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
     # data.json goes first and comes back last: a run killed in between leaves no key vouching for the files
     (out_dir / DATA_INFO).unlink(missing_ok=True)
-    dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
-    write_tokens(out_dir / TRAIN_BIN, np.asarray(train, dtype=dtype))
-    write_tokens(out_dir / VAL_BIN, np.asarray(val, dtype=dtype))
-    info = {"key": key, "train_tokens": len(train), "val_tokens": len(val),
-            "train_bytes": len(tokenizer.decode_bytes(train)), "val_bytes": len(tokenizer.decode_bytes(val)),
-            "dtype": np.dtype(dtype).name}
+    dtype = np.dtype("<u2" if tokenizer.vocab_size <= 2**16 else "<u4")
+    tmp = out_dir / f"{TRAIN_BIN}{tmp_suffix()}"
+    try:
+        n = _write_stream(tmp, _token_stream(corpus, tokenizer, num_workers, progress), dtype)
+        n_val = int(n * val_frac)
+        for name, count in (("train", n - n_val), ("val", n_val)):
+            if count < min_tokens:
+                raise DataError(f"the {name} split has {count} tokens, fewer than block_size + 1 = {min_tokens}: "
+                                f"use a longer corpus, a smaller `block_size`, or a different `val_frac`")
+        ids = load_split(tmp)
+        lengths = np.array([len(tokenizer.decode_bytes([i])) for i in range(tokenizer.vocab_size)], np.int64)
+        n_bytes = [sum(int(lengths[ids[i:min(i + COPY_TOKENS, b)]].sum()) for i in range(a, b, COPY_TOKENS))
+                   for a, b in ((0, n - n_val), (n - n_val, n))]
+        _write_stream(out_dir / VAL_BIN, (ids[i:min(i + COPY_TOKENS, n)] for i in range(n - n_val, n, COPY_TOKENS)),
+                      dtype)
+        del ids
+        _truncate(tmp, n - n_val, dtype)
+        os.replace(tmp, out_dir / TRAIN_BIN)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        if made:  # a corpus that fails the checks leaves nothing behind
+            for f in out_dir.iterdir():
+                f.unlink()
+            out_dir.rmdir()
+        raise
+    info = {"key": key, "train_tokens": n - n_val, "val_tokens": n_val, "train_bytes": n_bytes[0],
+            "val_bytes": n_bytes[1], "dtype": {2: "uint16", 4: "uint32"}[dtype.itemsize]}
     write_data_info(out_dir, info)
     return info
+
+
+def _token_stream(corpus: Corpus, tokenizer, num_workers: int | None, progress: bool) -> Iterator:
+    """The corpus's ids in order, a piece at a time: the documents' pieces through encode_pieces, with the
+    end-of-text token between documents."""
+    if num_workers is None:
+        num_workers = (os.cpu_count() or 1) if corpus.nbytes() >= PARALLEL_MIN_BYTES else 1
+    eot = getattr(tokenizer, "eot_id", None)
+    breaks: deque[bool] = deque()  # one per piece sent, in order: is it a document break?
+    bar = tqdm(total=corpus.nbytes(), unit="B", unit_scale=True, desc="tokenizing", disable=not progress,
+               delay=1.0)
+
+    def pieces():
+        for i, doc in enumerate(corpus.documents()):
+            if i and eot is not None:
+                breaks.append(True)
+                yield ""
+            for piece in doc:
+                breaks.append(False)
+                bar.update(len(piece.encode("utf-8", "surrogatepass")))
+                yield piece
+
+    for ids in tokenizer.encode_pieces(pieces(), num_workers):
+        yield [eot] if breaks.popleft() else ids
+    bar.close()
+
+
+def _write_stream(path: Path, arrays, dtype: np.dtype) -> int:
+    """Token ids arriving in arrays -> a token file (write_tokens' format), written whole or not at all; the
+    number of ids. A full disk is a DataError naming the file."""
+    n, final = 0, path.with_name(path.name.split(".tmp")[0])
+    tmp = path if path != final else path.with_name(f"{path.name}{tmp_suffix()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_header(0, dtype))
+            for ids in arrays:
+                chunk = np.asarray(ids, dtype=dtype)
+                f.write(chunk.tobytes())
+                n += len(chunk)
+            f.seek(0)
+            f.write(_header(n, dtype))
+        if tmp != path:
+            os.replace(tmp, path)
+    except OSError as e:
+        raise DataError(f"{final}: could not write the tokens ({e.strerror or e})") from None
+    finally:
+        if tmp != path:  # (after os.replace there is none)
+            tmp.unlink(missing_ok=True)
+    return n
+
+
+def tmp_suffix() -> str:
+    """A temporary file's suffix of this process: machines sharing a disk (torchrun) each write their own."""
+    return f".tmp-{socket.gethostname()}-{os.getpid()}"
+
+
+def _truncate(path: Path, count: int, dtype: np.dtype) -> None:
+    """Keep the first `count` ids of a token file (the train split of the stream; val was copied out)."""
+    with open(path, "r+b") as f:
+        f.truncate(HEADER_BYTES + count * dtype.itemsize)
+        f.write(_header(count, dtype))
+
+
+def _header(count: int, dtype: np.dtype) -> bytes:
+    return (MAGIC + np.array([BIN_VERSION, dtype.itemsize], "<u4").tobytes()
+            + np.array([count], "<u8").tobytes()).ljust(HEADER_BYTES, b"\0")
 
 
 def _files_match(out_dir: Path, info: dict, min_tokens: int) -> bool:
@@ -201,16 +191,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def write_tokens(path: Path, ids: np.ndarray) -> None:
     """Token ids with a header, written whole or not at all; a full disk is a DataError naming the file."""
-    header = MAGIC + np.array([BIN_VERSION, ids.dtype.itemsize], "<u4").tobytes() + np.array([len(ids)], "<u8").tobytes()
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # (machines sharing a disk each their own)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(header.ljust(HEADER_BYTES, b"\0"))
-            f.write(ids.astype(ids.dtype.newbyteorder("<"), copy=False).tobytes())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise DataError(f"{path}: could not write the tokens ({e.strerror or e})") from None
+    _write_stream(path, [ids], ids.dtype.newbyteorder("<"))
 
 
 def load_split(path: str | Path) -> np.memmap:

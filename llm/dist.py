@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as td
 
-TIMEOUT = datetime.timedelta(minutes=10)  # a rank silent this long (a hung peer) ends the run
+TIMEOUT = datetime.timedelta(minutes=10)  # a rank silent this long in training (a hung peer) ends the run
+PATIENT = datetime.timedelta(days=2)  # while rank 0 trains the tokenizer and writes the data of a big corpus
 
 
 class RankLost(RuntimeError):
@@ -33,6 +34,7 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")  # where collectives' tensors live: the GPU under nccl
+    patient: object = None  # a process group with the PATIENT timeout, for share(..., patient=True)
 
     @classmethod
     def from_env(cls) -> Dist:
@@ -62,7 +64,9 @@ class Dist:
         if device_type == "cuda":
             torch.cuda.set_device(self.local_rank)
             self.device = torch.device("cuda", self.local_rank)
-        _collective(td.init_process_group, "nccl" if device_type == "cuda" else "gloo", timeout=TIMEOUT)
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        _collective(td.init_process_group, backend, timeout=TIMEOUT)
+        self.patient = _collective(td.new_group, backend=backend, timeout=PATIENT)
 
     def stop(self) -> None:
         if self.active and td.is_initialized():
@@ -97,12 +101,13 @@ class Dist:
         _collective(td.gather_object, obj, out, dst=0)
         return out
 
-    def share(self, obj):
-        """Rank 0's `obj` on every rank (the others' is ignored)."""
+    def share(self, obj, patient: bool = False):
+        """Rank 0's `obj` on every rank (the others' is ignored). `patient`: wait for it as long as PATIENT (rank
+        0 may be tokenizing a big corpus meanwhile), not TIMEOUT."""
         if not self.active:
             return obj
         box = [obj]
-        _collective(td.broadcast_object_list, box, src=0)
+        _collective(td.broadcast_object_list, box, src=0, group=self.patient if patient else None)
         return box[0]
 
 
@@ -114,7 +119,7 @@ def peers_lost():
         yield
     except RuntimeError as e:  # gloo raises RuntimeError, nccl DistBackendError (a RuntimeError too)
         text = str(e).strip()
-        if not (isinstance(e, td.DistError) or any(w in text.lower() for w in ("gloo", "nccl", "connection"))):
+        if not (isinstance(e, getattr(td, "DistError", ())) or any(w in text.lower() for w in ("gloo", "nccl", "connection"))):
             raise
         first = text.splitlines()[0] if text else type(e).__name__
         raise RankLost(f"another process of this run stopped, so this one stops too ({first[:160]})") from None

@@ -43,7 +43,9 @@ class ModelConfig:
     rope_theta: float = 10000.0
     qk_norm: bool = False  # queries and keys RMS-normalized per head before attention (bounded attention logits)
     logit_softcap: float = 0.0  # output logits squashed to (-cap, cap) by cap * tanh(logits / cap); 0 = off
-    value_embed: bool = True  # each block adds a table lookup of the token to its attention values (modded-nanogpt)
+    # each block adds a table lookup of the token to its attention values (modded-nanogpt); off: at this size it
+    # gained nothing in three seeds and costs 4% a step (bench/README.md, Model quality)
+    value_embed: bool = False
     x0_mix: bool = False  # each block starts from a * x + b * x0, x0 the embeddings, a and b learned (from 1, 0)
 
     def __post_init__(self) -> None:

@@ -27,7 +27,8 @@ from llm.checkpoint import (DATA_INFO, METRICS, STATE, TOKENIZER, TRAIN_BIN, VAL
                             read_data_info, read_meta, resolve, truncate_metrics)
 from llm.config import FieldNames, SettingError, from_dict, to_dict
 from llm.dist import Dist
-from llm.data import corpus_at, data_key, is_local, load_split, prepare, read_corpus
+from llm.corpus import Corpus, DataError, corpus_at, is_local, open_corpus, resolve_corpus
+from llm.data import data_key, load_split, prepare
 from llm.model import GPT, ModelConfig
 from llm.optim import configure_optimizers
 from llm.runtime import pick_device, pick_dtype, set_rng_state
@@ -229,16 +230,18 @@ class Run:
 # -----------------------------------------------------------------------------
 # starting or resuming
 
-def build_tokenizer(texts: list[str], cfg: TrainConfig, verbose: bool = True,
+def build_tokenizer(corpus: Corpus, cfg: TrainConfig, verbose: bool = True,
                     log: Callable[[str], None] = tqdm.write):
     """Train the run's tokenizer; its warnings (a corpus too small for the vocabulary) go to the log."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             if cfg.tokenizer == "char":
-                tok = CharTokenizer.train("".join(texts))
+                tok = CharTokenizer.train(corpus.pieces())
             else:
-                tok = Tokenizer.train(iter(texts), cfg.vocab_size, verbose=verbose)
+                tok = Tokenizer.train(corpus.pieces(), cfg.vocab_size, verbose=verbose)
+        except DataError:  # the corpus itself (read as the tokenizer learns it): said as it is
+            raise
         except ValueError as e:
             raise TrainingError(f"tokenizer: {e}") from None
     for w in caught:
@@ -271,7 +274,7 @@ def _read_last(out: Path, model_overrides: dict, train_overrides: dict):
         _check_saved_state(state, last)
         if "corpus" in state:  # where the corpus was, relative to the run (config.json has its names only)
             saved_train = {**saved_train, "corpus": corpus_at(out, state["corpus"])}
-        missing = [c for c in saved_train.get("corpus", ()) if is_local(c) and not Path(c).exists()]
+        missing = [c for c in saved_train.get("corpus", ()) if is_local(c) and not _found(c)]
         if missing and "corpus" not in train_overrides:
             raise TrainingError(f"`resume`: the corpus this run was trained on is not at {', '.join(missing)} (moved, "
                                 f"or the run was): give it again with `corpus`")
@@ -281,6 +284,13 @@ def _read_last(out: Path, model_overrides: dict, train_overrides: dict):
         return last, model_cfg, cfg, state, load_tokenizer(last / TOKENIZER), changed
     except CheckpointError as e:
         raise TrainingError(f"`resume`: {e}") from None
+
+
+def _found(spec: str) -> bool:
+    try:
+        return bool(resolve_corpus(spec))
+    except ValueError:
+        return False
 
 
 def _check_saved_state(state: dict, last: Path) -> None:
@@ -340,7 +350,8 @@ def start_run(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = Fa
     model = GPT(model_cfg).to(device)  # the same weights on every rank: each seeded alike
     optimizers = configure_optimizers(model, cfg.optimizer, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                       cfg.muon_lr, device.type)
-    torch.manual_seed(cfg.seed + dist.rank)  # dropout: each rank its own masks (rank 0's as one process's)
+    if dist.rank:  # dropout: each rank its own masks (rank 0's are one process's)
+        torch.manual_seed(cfg.seed + dist.rank)
     batch_gen = torch.Generator().manual_seed(cfg.seed + dist.rank)  # each rank its own batches
     state, prior_wall, ema = RunState(), 0.0, None
     if saved is not None:
@@ -376,19 +387,20 @@ def _data(model_cfg: ModelConfig, cfg: TrainConfig, tokenizer, resume: bool, pro
     vocabulary size, tokenizer, splits, data info). Under torchrun rank 0 trains the tokenizer, the first process of
     each machine writes the token files, and the others wait."""
     out = Path(cfg.out)
-    texts, _ = read_corpus(list(cfg.corpus), cfg.encoding_errors)
+    corpus = open_corpus(list(cfg.corpus), cfg.encoding_errors)
     if tokenizer is None and dist.main:
-        tokenizer = build_tokenizer(texts, cfg, verbose=progress, log=log)
+        tokenizer = build_tokenizer(corpus, cfg, verbose=progress, log=log)
     if dist.active and not resume:
-        tokenizer = dist.share(tokenizer)
+        tokenizer = dist.share(tokenizer, patient=True)
     model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
     info = None
     if dist.local_rank == 0:  # the first process of each machine: `out` may be a disk of each machine's own
-        key = data_key(texts, tokenizer, cfg.val_frac)
+        key = data_key(corpus, tokenizer, cfg.val_frac)
         if resume and dist.main:
             _check_same_text(out, key, cfg, log)
-        info = prepare(texts, tokenizer, out, cfg.val_frac, min_tokens=model_cfg.block_size + 1, key=key)
-    info = dist.share(info)  # (and the others wait here for the files)
+        info = prepare(corpus, tokenizer, out, cfg.val_frac, min_tokens=model_cfg.block_size + 1, key=key,
+                       progress=progress)
+    info = dist.share(info, patient=True)  # (and the others wait here for the files)
     return model_cfg, tokenizer, {"train": load_split(out / TRAIN_BIN), "val": load_split(out / VAL_BIN)}, info
 
 

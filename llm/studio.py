@@ -21,7 +21,7 @@ from pathlib import Path
 
 from llm.card import fmt_bytes, fmt_duration
 from llm.config import FIELD, FieldNames, SettingError, from_dict
-from llm.data import DataError, decode_text
+from llm.corpus import DataError, decode_text
 from llm.model import ModelConfig
 from llm.run import PRESETS, TrainConfig
 from llm.worker import Plan, RunStatus

@@ -19,8 +19,8 @@ import multiprocessing as mp
 import os
 import warnings
 from array import array
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from itertools import chain, repeat
 from pathlib import Path
@@ -127,6 +127,24 @@ class _BaseTokenizer:
             for i, ids in zip(owner, encoded):
                 out[i] += ids.tolist()
         return out
+
+    def encode_pieces(self, pieces: Iterable[str], num_workers: int = 1) -> Iterator[array]:
+        """encode(piece) for each piece, lazily and in order, as arrays of ids (pieces cut as cut_text cuts join
+        into the whole text's ids). With num_workers > 1 a process pool encodes them, at most two a worker in
+        flight, so memory stays bounded however long the stream is; the ids do not depend on num_workers."""
+        if num_workers <= 1:
+            for piece in pieces:
+                yield array("I", self.encode(piece))
+            return
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
+        with ProcessPoolExecutor(num_workers, ctx, initializer=_init_worker, initargs=(self,)) as pool:
+            window: deque = deque()
+            for piece in pieces:
+                window.append(pool.submit(_encode_piece, piece, []))
+                if len(window) >= 2 * num_workers:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
 
     def encode_parallel(self, text: str, num_workers: int | None = None,
                         allowed_special: str | Iterable[str] = ()) -> list[int]:

@@ -27,7 +27,8 @@ import torch
 from tqdm import tqdm
 
 from llm.checkpoint import append_metrics, read_meta, run_lock, save_checkpoint
-from llm.data import corpus_from, get_batch
+from llm.corpus import corpus_from
+from llm.data import get_batch
 from llm.dist import Dist, peers_lost
 from llm.model import GPT, ModelConfig
 from llm.optim import get_lr
@@ -111,10 +112,11 @@ def _forward(run: Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with run.autocast:
             return run.fwd(x, y)[1]
     except Exception as e:
-        if run.fwd is run.model:
+        eager = run.ddp or run.model  # (under torchrun the eager model is still the DDP one)
+        if run.fwd is eager:
             raise
         run.log(f"torch.compile failed ({type(e).__name__}); continuing without it")
-        run.fwd = run.model
+        run.fwd = eager
         with run.autocast:
             return run.fwd(x, y)[1]
 
@@ -235,15 +237,16 @@ def train_loop(run: Run, progress: bool, evaluate_on_stop: bool = False, deadlin
     run.fwd.train()
     with stop.installed():
         while True:
+            if run.dist.active:  # the ranks go on together: one clock (the slowest's, for the schedule and the
+                # time budget) and one stop signal. (halt and deadline are the page's, for one process.)
+                agreed = run.dist.max(torch.tensor([stop.signum, state.train_time], dtype=torch.float64))
+                stop.signum, state.train_time = int(agreed[0]), float(agreed[1])
             done = run.done()
             if not done and halt is not None and halt():
                 stop.signum = -1  # as a stop signal would
             # (after a step at least: a slice whose start-up took it all still makes progress)
             cut = not (done or stop.signum) and deadline is not None and time.monotonic() >= deadline \
                 and state.step > run.start.step
-            if run.dist.active:  # the ranks stop together, for the same reason
-                agreed = run.dist.max(torch.tensor([stop.signum, cut, done], dtype=torch.float64))
-                stop.signum, cut, done = int(agreed[0]), bool(agreed[1]), bool(agreed[2])
             if done or stop.signum or cut:
                 break
             loss, norm, dt = train_step(run)

@@ -34,7 +34,7 @@ from llm.checkpoint import (CONFIG, METRICS, CheckpointError, is_running, lock_p
                             read_meta, read_metrics)
 from llm.cli import ArgumentParser
 from llm.config import FieldNames, from_dict, to_dict
-from llm.data import corpus_at, corpus_from
+from llm.corpus import corpus_at, corpus_from
 from llm.model import GPT, ModelConfig
 from llm.optim import configure_optimizers
 from llm.run import TrainConfig, TrainingError

@@ -131,7 +131,7 @@ def test_metrics_inside_or_beside_the_checkpoint(tmp_path):
 
 def test_header(pg):
     h = pg.header()
-    assert "out&#47;best" in h and "35.7K parameters" in h and "val loss 5." in h and "bits per byte" in h
+    assert "out&#47;best" in h and "26.1K parameters" in h and "val loss 5." in h and "bits per byte" in h
     assert "**Train** tab" in h and "press **Generate**" in h  # what this is and what to try first
 
 

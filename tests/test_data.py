@@ -1,13 +1,15 @@
 import http.server
 import threading
+from pathlib import Path
 from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
-from llm import data
-from llm.data import DataError, get_batch, load_split, prepare, read_text, resolve_corpus, write_tokens
+from llm import corpus as data
+from llm.corpus import DataError, open_corpus, read_text, resolve_corpus, stream_text
+from llm.data import get_batch, load_split, prepare, write_tokens
 from llm.tokenizer import CharTokenizer, Tokenizer
 
 
@@ -38,8 +40,8 @@ def test_url_downloaded_once(server, tmp_path):
     base, root, hits = server
     (root / "input.txt").write_text("to be or not to be\n")
     cache = tmp_path / "cache"
-    p1 = resolve_corpus(f"{base}/input.txt", cache=cache)
-    p2 = resolve_corpus(f"{base}/input.txt", cache=cache)
+    [p1] = resolve_corpus(f"{base}/input.txt", cache=cache)
+    [p2] = resolve_corpus(f"{base}/input.txt", cache=cache)
     assert p1 == p2 and p1.read_text() == "to be or not to be\n"
     assert len(hits) == 1
     assert not list(cache.glob("*.part*"))
@@ -50,7 +52,7 @@ def test_builtin_name_uses_cache(server, tmp_path, monkeypatch):
     (root / "ts.txt").write_text("First Citizen:\n")
     monkeypatch.setitem(data.BUILTIN_CORPORA, "tiny_shakespeare", f"{base}/ts.txt")
     monkeypatch.setenv("SCRATCHGPT_CACHE", str(tmp_path / "c"))
-    path = resolve_corpus("tiny_shakespeare")
+    [path] = resolve_corpus("tiny_shakespeare")
     assert path.read_text() == "First Citizen:\n" and path.name.endswith("tiny_shakespeare")
     resolve_corpus("tiny_shakespeare")
     assert len(hits) == 1
@@ -71,6 +73,18 @@ def test_bad_text(tmp_path, content, match):
     p.write_bytes(content)
     with pytest.raises(DataError, match=match):
         read_text(p)
+    with pytest.raises(DataError, match=match):  # read in pieces, the same checks
+        list(stream_text(p, piece_chars=2))
+
+
+def test_a_bad_byte_far_in_is_named_by_its_offset_when_streamed(tmp_path):
+    """The offset counts from the file's start across blocks, and a character cut by a block's end is no error."""
+    good = "héllo wörld\n" * 1000  # 2-byte characters: blocks of 7 bytes cut many of them
+    p = tmp_path / "f.txt"
+    p.write_bytes(good.encode() + b"\xff" + b"tail\n")
+    with pytest.raises(DataError, match=f"offset {len(good.encode())}"):
+        list(stream_text(p, piece_chars=7))
+    assert "".join(stream_text(p, "replace", piece_chars=7)) == good + "\ufffdtail\n"
 
 
 def test_replace_encoding_errors(tmp_path):
@@ -79,11 +93,65 @@ def test_replace_encoding_errors(tmp_path):
     assert read_text(p, "replace") == "abc\ufffddef"
 
 
-def test_missing_and_directory(tmp_path):
+def test_missing_and_empty_directory(tmp_path):
     with pytest.raises(DataError, match="not found"):
         resolve_corpus(str(tmp_path / "nope.txt"))
-    with pytest.raises(DataError, match="directory"):
-        resolve_corpus(str(tmp_path))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "empty.txt").write_text("")
+    with pytest.raises(DataError, match="no text files under"):
+        resolve_corpus(str(tmp_path / "d"))
+    with pytest.raises(DataError, match="no text files match"):
+        resolve_corpus(str(tmp_path / "*.md"))
+
+
+def test_directories_globs_and_gzip(tmp_path):
+    """A directory: its text files sorted by path (binary, empty and hidden ones left out), .gz read through; a
+    glob: the same for what it matches; the corpus streams the same text as the files hold."""
+    import gzip
+
+    root = tmp_path / "src"
+    (root / "b").mkdir(parents=True)
+    (root / ".git").mkdir()
+    (root / "z.txt").write_text("zed\n")
+    (root / "a.py").write_text("print(1)\n")
+    (root / "b" / "c.txt").write_text("see\n")
+    (root / "b" / "d.txt.gz").write_bytes(gzip.compress("dee, compressed\n".encode()))
+    (root / "img.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    (root / "empty.txt").write_text("")
+    (root / ".hidden.txt").write_text("secret\n")
+    (root / ".git" / "HEAD").write_text("ref: main\n")
+    names = [p.relative_to(root).as_posix() for p in resolve_corpus(str(root))]
+    assert names == ["a.py", "b/c.txt", "b/d.txt.gz", "z.txt"]
+    assert [p.name for p in resolve_corpus(str(root / "**" / "*.txt"))] == ["c.txt", "z.txt"]
+    corpus = open_corpus([str(root), str(root / "z.txt")])
+    assert ["".join(d) for d in corpus.documents()] == ["print(1)\n", "see\n", "dee, compressed\n", "zed\n", "zed\n"]
+    assert corpus.nbytes() == sum(len(t) for t in ("print(1)\n", "see\n", "dee, compressed\n", "zed\n", "zed\n"))
+
+
+def test_prepare_streams_and_the_workers_do_not_change_the_files(tmp_path):
+    """Files cut into many small pieces, encoded by 1 and by 2 worker processes: the same token files, and the
+    same ids as encoding each whole file and joining them with the end-of-text token."""
+    from conftest import make_text
+
+    texts = [make_text(300, seed=i) for i in range(3)]
+    for i, t in enumerate(texts):
+        (tmp_path / f"doc{i}.txt").write_text(t, encoding="utf-8")
+    tok = Tokenizer.train("".join(texts), 350)
+    corpus = open_corpus([str(tmp_path / "doc*.txt")], piece_chars=500)
+    assert sum(1 for _ in corpus.pieces()) > 20
+    files = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        info = prepare(corpus, tok, out, val_frac=0.1, num_workers=workers)
+        files[workers] = [(out / name).read_bytes() for name in ("train.bin", "val.bin")]
+    assert files[1] == files[2]
+    whole = []
+    for i, t in enumerate(texts):
+        whole += ([tok.eot_id] if i else []) + tok.encode(t)
+    ids = list(load_split(tmp_path / "w1" / "train.bin")) + list(load_split(tmp_path / "w1" / "val.bin"))
+    assert ids == whole
+    assert info["train_bytes"] + info["val_bytes"] == len(tok.decode_bytes(whole))
+    assert prepare(texts, tok, tmp_path / "texts", val_frac=0.1)["key"] == info["key"]  # texts or files alike
 
 
 def test_prepare_split_and_reuse(tmp_path):
@@ -138,3 +206,70 @@ def test_get_batch_is_driven_by_its_generator():
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
     assert x1.shape == (4, 16) and x1.dtype == torch.int64
     assert torch.equal(x1[:, 1:], y1[:, :-1]) and torch.equal(y1, x1 + 1)
+
+
+def test_a_hub_dataset_from_the_cache_offline(tmp_path, monkeypatch):
+    """hf:USER/NAME fetches a dataset repository's text files through the HF cache: here a cache built by hand,
+    with HF_HUB_OFFLINE=1, as huggingface_hub lays it out (blobs, snapshots/<sha>/ of symlinks, refs/main)."""
+    import hashlib
+
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    with pytest.raises(DataError, match="not in the Hugging Face cache and HF_HUB_OFFLINE=1"):
+        resolve_corpus("hf:alice/poems")
+    repo, sha = cache / "datasets--alice--poems", "a" * 40
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "snapshots" / sha / "part").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    for name, text in {"README.md": "# card\n", "part/b.txt": "second\n", "a.txt": "first\n"}.items():
+        h = hashlib.sha256(text.encode()).hexdigest()
+        (repo / "blobs" / h).write_text(text)
+        link = repo / "snapshots" / sha / name
+        link.symlink_to(Path("../" * name.count("/") + "../../blobs") / h)
+    files = resolve_corpus("hf:alice/poems")
+    assert [f.relative_to(repo / "snapshots" / sha).as_posix() for f in files] == ["a.txt", "part/b.txt"]
+    assert ["".join(d) for d in open_corpus(["hf:alice/poems"]).documents()] == ["first\n", "second\n"]
+    assert not data.is_local("hf:alice/poems") and data.corpus_from(tmp_path, ["hf:alice/poems"]) == ["hf:alice/poems"]
+
+
+def test_data_key_is_the_one_runs_before_streaming_saved(tmp_path):
+    """data.json's key of a run made before the corpus was streamed must still match, or every such run's
+    --resume is refused as "not the text this run was trained on": sha256 over each document's sha256, then the
+    tokenizer's fingerprint and the split."""
+    import hashlib
+
+    from llm.data import data_key, tokenizer_fingerprint
+
+    texts = ["first document\n", "second, é 日\n"]
+    tok = CharTokenizer.train("".join(texts))
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(hashlib.sha256(t.encode("utf-8", "surrogatepass")).digest())
+    h.update(tokenizer_fingerprint(tok).encode())
+    h.update(b"val_frac=0.1")
+    for i, t in enumerate(texts):
+        (tmp_path / f"d{i}.txt").write_text(t, encoding="utf-8")
+    files = open_corpus([str(tmp_path / "d0.txt"), str(tmp_path / "d1.txt")], piece_chars=3)
+    assert data_key(texts, tok, 0.1) == data_key(files, tok, 0.1) == h.hexdigest()
+
+
+def test_a_glob_that_matches_directories_and_their_files_lists_each_file_once(tmp_path):
+    (tmp_path / "c" / "sub").mkdir(parents=True)
+    (tmp_path / "c" / "a.txt").write_text("a\n")
+    (tmp_path / "c" / "sub" / "b.txt").write_text("b\n")
+    files = resolve_corpus(str(tmp_path / "c" / "**"))
+    assert [f.relative_to(tmp_path).as_posix() for f in files] == ["c/a.txt", "c/sub/b.txt"]
+
+
+@pytest.mark.parametrize("spec,name", [("books/**/*.txt", "books"), ("*.txt", "corpus"), ("hf:alice/poems", "poems"),
+                                       ("data/", "data"), ("https://x.org/input.txt?raw=1", "input")])
+def test_a_run_is_named_after_its_corpus(spec, name):
+    import train_cli
+
+    assert train_cli._corpus_name(spec) == name

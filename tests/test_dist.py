@@ -108,6 +108,18 @@ def test_a_stop_on_one_rank_stops_both_and_resumes_exactly(two_ranks, tmp_path):
     assert json.loads((half / "last" / "meta.json").read_text())["step"] == STEPS
 
 
+def test_under_a_time_budget_the_ranks_keep_one_clock(two_ranks, tmp_path):
+    """The schedule and the budget follow the training time, which each process measures for itself: the ranks
+    must share one clock, or their learning rates differ and their copies of the model drift apart."""
+    corpus, _, _ = two_ranks
+    flags = [f for f in FLAGS if f not in ("--eval-interval", "10")]
+    done = torchrun("--corpus", corpus, "--out", tmp_path / "timed", *flags, "--time-budget", "3",
+                    "--eval-interval", "1000", script="tests/signal_rank.py", env={"WEIGHTS_TO": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    ends = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert ends[0] == ends[1] and int(ends[0].split()[0]) > 5  # the same step, the same weights
+
+
 def test_a_killed_rank_ends_the_run_with_one_line(two_ranks, tmp_path):
     corpus, _, _ = two_ranks
     out = tmp_path / "killed"

@@ -16,6 +16,7 @@ LAYERS = [
     ["llm.decode"],
     ["llm.sample"],
     ["llm.checkpoint"],
+    ["llm.corpus"],
     ["llm.data", "llm.optim", "llm.runtime", "llm.dist"],
     ["llm.auto"],
     ["llm.run"],

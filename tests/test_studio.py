@@ -17,7 +17,7 @@ from conftest import ROOT, make_text
 from llm import studio, worker
 from llm.checkpoint import CheckpointError, read_metrics
 from llm.config import SettingError
-from llm.data import DataError
+from llm.corpus import DataError
 from llm.model import GPT
 from llm.run import TrainConfig
 from playground import FIRST, Models, Playground, load_playground

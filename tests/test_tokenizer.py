@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from llm.bpe import (GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, count_chunks, cut_text, get_stats, learn_merges, merge,
-                     read_pieces, render_token)
+from llm.bpe import (GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, count_chunks, cut_stream, cut_text, get_stats,
+                     learn_merges, merge, read_pieces, render_token)
 from llm.tokenizer import EOT, CharTokenizer, Tokenizer, load_tokenizer
 
 WORDS = ["the", "The", "and", "thee", "thou", "hath", "king", "queen", "don't", "I'll", "we've", "ROMEO", "1234",
@@ -233,6 +233,24 @@ def test_cut_text_keeps_the_split(tok, tok2, text, n_parts):
         assert [c for p in parts for c in t.split(p)] == t.split(text)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(list("ab1 \r\t.'é日") + ["'s", "\r\n", " a", "b "]), max_size=200).map("".join),
+       st.integers(1, 9), st.integers(2, 12))
+def test_cut_stream_without_newlines_keeps_the_split(tok, tok2, text, block, max_chars):
+    """Text with no safe newline (one line, CRLF line ends) is still cut into bounded pieces, between two
+    letters at a space, and the split of the pieces is the split of the whole."""
+    parts = list(cut_stream((text[i:i + block] for i in range(0, len(text), block)), max_chars=max_chars))
+    assert "".join(parts) == text
+    for t in (tok, tok2):
+        assert [c for p in parts for c in t.split(p)] == t.split(text)
+
+
+def test_cut_stream_bounds_a_long_line():
+    line = " ".join(["word"] * 10_000)  # 50,000 characters, no newline
+    parts = list(cut_stream((line[i:i + 1000] for i in range(0, len(line), 1000)), max_chars=4000))
+    assert "".join(parts) == line and max(map(len, parts)) <= 5000 and len(parts) > 10
+
+
 def test_no_progress_bar_for_short_training(capsys):
     Tokenizer.train(CORPUS[:2000], 300, verbose=True)
     assert capsys.readouterr().err == ""
@@ -382,3 +400,15 @@ def test_encode_batch_equals_encode(tok, char_tok):
         assert t.encode_parallel(texts[0], num_workers=2) == expected[0]
         with_eot = [t.encode(x, allowed_special="all") for x in texts]
         assert t.encode_batch(texts, num_workers=2, allowed_special="all") == with_eot
+
+
+def test_counting_chunks_is_bounded_and_says_so():
+    """Past max_chunks distinct chunks the rarest are let go (memory stays bounded), with a warning; chunks
+    frequent from the start keep their exact counts."""
+    word = lambda n: "".join("abcdefghij"[int(d)] for d in f"{n:04d}")  # noqa: E731  (0 -> aaaa, 1 -> aaab, ...)
+    pieces = [f"the cat {' '.join(word(50 * i + j) for j in range(50))}\n" for i in range(40)]  # 2,000 one-offs
+    with pytest.warns(UserWarning, match="distinct pre-split chunks"):
+        counts = count_chunks(iter(pieces), max_chunks=300)
+    assert len(counts) <= 300
+    assert counts["the"] == 40 and counts[" cat"] == 40
+    assert count_chunks(iter(pieces)) == count_chunks("".join(pieces))  # under the cap: exact, no warning

@@ -156,7 +156,7 @@ def test_sigterm_then_second_signal_leaves_no_partial_files(corpus, tmp_path):
 
 BAD = [
     (lambda t: ["--corpus", str(t / "missing.txt")], "not found"),
-    (lambda t: ["--corpus", str(t)], "directory"),
+    (lambda t: ["--corpus", str(t)], "no text files under"),
     (lambda t: ["--corpus", _write(t / "e.txt", b"")], "empty"),
     (lambda t: ["--corpus", _write(t / "w.txt", b" \n\n\t ")], "whitespace"),
     (lambda t: ["--corpus", _write(t / "b.bin", bytes([0, 1, 2, 3]) * 100)], "binary"),
