@@ -5,8 +5,8 @@
 1. Writes --size-mb of generated text (words of a Zipf-like vocabulary, lines and paragraphs) as --files files
    in one directory.
 2. `train_cli.py --corpus DIR --max-steps 1`: the whole run (tokenizer training, hashing, encoding into the token
-   files, one step) with its peak resident memory, summed over the process and its worker processes, sampled
-   every 0.1 s.
+   files, one step) with its peak resident memory: the proportional set sizes (Pss: a page shared by a forked
+   worker and its parent counted once) of the process and its worker processes, summed, sampled every 0.1 s.
 3. Here, timed apart: training the tokenizer on the stream of the corpus; encoding it into token files
    (llm.data.prepare) with 1 and 2 worker processes; and HF `tokenizers` encoding the same pieces with
    `encode_batch` on 1 and 2 threads (RAYON_NUM_THREADS), given our merges (so both produce the same ids,
@@ -79,6 +79,8 @@ def peak_rss_of(cmd: list[str], env: dict) -> tuple[float, float, int]:
 
 
 def _tree_rss(pid: int) -> int:
+    """Resident memory of a process and its descendants, each page shared between them (a forked worker's view
+    of its parent's torch) counted once: the sum of their proportional set sizes (Pss)."""
     children: dict[int, list[int]] = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -92,8 +94,9 @@ def _tree_rss(pid: int) -> int:
         p = todo.pop()
         todo += children.get(p, [])
         try:
-            total += int((Path("/proc") / str(p) / "statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
+            rollup = (Path("/proc") / str(p) / "smaps_rollup").read_text().splitlines()
+            total += 1024 * next(int(line.split()[1]) for line in rollup if line.startswith("Pss:"))
+        except (OSError, StopIteration, IndexError, ValueError):
             pass
     return total
 

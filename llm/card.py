@@ -204,6 +204,8 @@ def card_data(config: dict, meta: dict, license: str = "mit", datasets: list[str
 
 
 def _architecture(model: dict, meta: dict, tok_kind: str) -> str:
+    multiple = model.get("vocab_multiple") or 1
+    padded = [("token table rows", f"rounded up to a multiple of {multiple} (for a GPU)")] if multiple > 1 else []
     return _table([
         ("parameters", _int(meta.get("params"))),
         ("layers (n_layer)", _int(model.get("n_layer"))),
@@ -220,7 +222,7 @@ def _architecture(model: dict, meta: dict, tok_kind: str) -> str:
         ("bias", model.get("bias", "n/a")),
     ] + [(name, model[key]) for name, key in (("QK-norm", "qk_norm"), ("logit soft-cap", "logit_softcap"),
                                               ("embeddings mixed into each block", "x0_mix"),
-                                              ("attention dropout", "attn_dropout")) if model.get(key)])
+                                              ("attention dropout", "attn_dropout")) if model.get(key)] + padded)
 
 
 def _corpus_size(data: dict) -> tuple[str, str]:

@@ -437,7 +437,7 @@ def check_sizes(file: str | Path, config: ModelConfig) -> None:
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{file}: not a readable safetensors file ({_first_line(e)})") from None
     c, problems = config, []
-    for name, expected in (("wte.weight", (c.vocab_size, c.n_embd)), ("wpe.weight", (c.block_size, c.n_embd))):
+    for name, expected in (("wte.weight", (c.padded_vocab, c.n_embd)), ("wpe.weight", (c.block_size, c.n_embd))):
         if name in shapes and shapes[name] != expected:
             problems.append(f"{name}: shape {shapes[name]} in the file, {expected} in the config")
     if "wte.weight" not in shapes:

@@ -120,7 +120,8 @@ def _token_stream(corpus: Corpus, tokenizer, num_workers: int | None, progress: 
                 yield ""
             for piece in doc:
                 breaks.append(False)
-                bar.update(len(piece.encode("utf-8", "surrogatepass")))
+                if progress:
+                    bar.update(len(piece.encode("utf-8", "surrogatepass")))
                 yield piece
 
     for ids in tokenizer.encode_pieces(pieces(), num_workers):

@@ -89,10 +89,12 @@ def _norm(m: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.T
     return lambda x: F.layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps), None
 
 
-def _linear(m: nn.Linear, gain: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """x @ W.T (+ b) through a contiguous (in, out) copy of W, with a preceding norm's gain folded in."""
-    w = m.weight if gain is None else m.weight * gain
-    w_t, b = w.detach().t().contiguous(), m.bias  # (in, out)
+def _linear(m: nn.Linear, gain: torch.Tensor | None = None, rows: int | None = None
+            ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x @ W.T (+ b) through a contiguous (in, out) copy of W's first `rows` rows (all by default), with a
+    preceding norm's gain folded in."""
+    w = m.weight[:rows] if gain is None else m.weight[:rows] * gain
+    w_t, b = w.detach().t().contiguous(), m.bias if m.bias is None else m.bias[:rows]  # (in, out)
     if b is None:
         return lambda x: torch.mm(x, w_t)
     b = b.detach()
@@ -121,7 +123,7 @@ def decoder(model: GPT) -> StepFn:
         layers.append((mix, ln_1, _linear(block.attn.c_attn, g_1), ve, _linear(block.attn.c_proj),
                        ln_2, _linear(block.mlp.c_fc, g_2), _linear(block.mlp.c_proj), block.mlp.kind))
     (ln_f, g_f), wte = _norm(model.ln_f), model.wte.weight.detach()
-    head = _linear(model.lm_head, g_f)
+    head = _linear(model.lm_head, g_f, rows=c.vocab_size)  # (a padded output layer's extra rows left out)
     table, rope = model.wpe.table(0, c.block_size), model.wpe.rotations(0, c.block_size)
     if rope is not None:  # (T, 3, 1, 1, hd/2): q and k rotate, v is multiplied by 1
         rope = torch.stack([rope, rope, torch.ones_like(rope)], dim=1)[:, :, None, None]

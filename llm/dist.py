@@ -101,6 +101,11 @@ class Dist:
         _collective(td.gather_object, obj, out, dst=0)
         return out
 
+    def barrier(self, patient: bool = False) -> None:
+        """Every rank waits here for all the others (`patient`: as long as PATIENT)."""
+        if self.active:
+            _collective(td.barrier, group=self.patient if patient else None)
+
     def share(self, obj, patient: bool = False):
         """Rank 0's `obj` on every rank (the others' is ignored). `patient`: wait for it as long as PATIENT (rank
         0 may be tokenizing a big corpus meanwhile), not TIMEOUT."""

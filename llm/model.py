@@ -47,6 +47,10 @@ class ModelConfig:
     # gained nothing in three seeds and costs 4% a step (bench/README.md, Model quality)
     value_embed: bool = False
     x0_mix: bool = False  # each block starts from a * x + b * x0, x0 the embeddings, a and b learned (from 1, 0)
+    # the token table and the output layer get rows up to a multiple of this: whole tiles for a GPU's matrix units
+    # (None: the trainer's choice, 64 on CUDA and 1 elsewhere). The extra ids are never produced: their logits
+    # are cut off before anyone sees them
+    vocab_multiple: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -66,6 +70,15 @@ class ModelConfig:
             raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
         if not (isinstance(self.logit_softcap, (int, float)) and 0.0 <= self.logit_softcap < math.inf):
             raise ValueError(f"logit_softcap must be a number >= 0 (0 = off), got {self.logit_softcap!r}")
+        m = self.vocab_multiple
+        if m is not None and (not isinstance(m, int) or isinstance(m, bool) or not 1 <= m <= 4096):
+            raise ValueError(f"vocab_multiple must be an integer from 1 to 4096, got {m!r}")
+
+    @property
+    def padded_vocab(self) -> int:
+        """Rows of the token table and the output layer: vocab_size rounded up to vocab_multiple."""
+        m = self.vocab_multiple or 1
+        return -(-self.vocab_size // m) * m
 
 
 class KVCacheProtocol(Protocol):
@@ -318,11 +331,11 @@ class GPT(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wte = nn.Embedding(config.padded_vocab, config.n_embd)
         self.wpe = POSITIONS[config.pos](config)  # nanoGPT's name: a learned table stays wpe.weight
         self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = make_norm(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         self._init_weights()
@@ -365,8 +378,11 @@ class GPT(nn.Module):
         return self.head(x).view(B, T, -1), attns
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
-        """The residual stream (..., C) -> logits (..., V): the final norm, the output layer, the soft cap."""
+        """The residual stream (..., C) -> logits (..., V): the final norm, the output layer (its padding rows cut
+        off: a view, never a copy), the soft cap."""
         logits = self.lm_head(self.ln_f(x))
+        if self.config.padded_vocab != self.config.vocab_size:
+            logits = logits[..., : self.config.vocab_size]
         return softcap(logits, self.config.logit_softcap)
 
     def _trunk(self, idx: torch.Tensor, kv_cache: KVCacheProtocol | None,
@@ -403,12 +419,14 @@ class GPT(nn.Module):
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count (shared tensors once). non_embedding leaves out the lookup-only tables: the position
         encoding's (a learned table) and, when untied, the token table (a tied one is also the output matmul)."""
-        n = sum(p.numel() for p in self.parameters())
+        c = self.config
+        padding = (c.padded_vocab - c.vocab_size) * c.n_embd  # rows of the token table never used
+        n = sum(p.numel() for p in self.parameters()) - padding * (1 if c.tie_embeddings else 2)
         if non_embedding:
             n -= sum(p.numel() for p in self.wpe.parameters())
             n -= sum(b.attn.value_embed.weight.numel() for b in self.h if b.attn.value_embed is not None)
-            if not self.config.tie_embeddings:
-                n -= self.wte.weight.numel()
+            if not c.tie_embeddings:
+                n -= self.wte.weight.numel() - padding
         return n
 
     def flops_per_token(self) -> float:

@@ -31,7 +31,7 @@ from llm.corpus import Corpus, DataError, corpus_at, is_local, open_corpus, reso
 from llm.data import data_key, load_split, prepare
 from llm.model import GPT, ModelConfig
 from llm.optim import configure_optimizers
-from llm.runtime import pick_device, pick_dtype, set_rng_state
+from llm.runtime import pick_device, pick_dtype, set_rng_state, vocab_multiple
 from llm.tokenizer import CharTokenizer, Tokenizer, load_tokenizer
 
 # the TrainConfig fields that take one of a few words (train_cli.py's choices)
@@ -345,6 +345,8 @@ def start_run(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = Fa
 
     model_cfg, tokenizer, splits, info = _data(model_cfg, cfg, tokenizer, resume, progress, log, dist)
 
+    if saved is None and model_cfg.vocab_multiple is None:
+        model_cfg = dataclasses.replace(model_cfg, vocab_multiple=vocab_multiple(device))
     if saved is not None:
         check_sizes(last / WEIGHTS, model_cfg)  # before building: a broken config.json could ask for any size
     model = GPT(model_cfg).to(device)  # the same weights on every rank: each seeded alike
@@ -400,7 +402,8 @@ def _data(model_cfg: ModelConfig, cfg: TrainConfig, tokenizer, resume: bool, pro
             _check_same_text(out, key, cfg, log)
         info = prepare(corpus, tokenizer, out, cfg.val_frac, min_tokens=model_cfg.block_size + 1, key=key,
                        progress=progress)
-    info = dist.share(info, patient=True)  # (and the others wait here for the files)
+    dist.barrier(patient=True)  # every machine's files written before any rank reads its own
+    info = dist.share(info, patient=True)
     return model_cfg, tokenizer, {"train": load_split(out / TRAIN_BIN), "val": load_split(out / VAL_BIN)}, info
 
 

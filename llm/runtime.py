@@ -42,6 +42,12 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+def vocab_multiple(device: torch.device) -> int:
+    """What a new run rounds its token table's rows up to: 64 on CUDA (whole tiles for the tensor cores, as
+    nanoGPT's 50304), 1 on a CPU or MPS, where the extra rows would only cost."""
+    return 64 if device.type == "cuda" else 1
+
+
 def peak_flops(device: torch.device) -> float | None:
     """Dense bf16 peak of the GPU, for MFU; None where unknown."""
     if device.type != "cuda":

@@ -67,6 +67,15 @@ def test_two_ranks_finish_and_only_rank_0_writes(two_ranks):
     assert not torch.equal(state["rng_ranks"][0]["batch"], state["rng_ranks"][1]["batch"])  # each its own batches
 
 
+def test_resume_joins_the_group_on_the_device_the_run_was_saved_with(two_ranks, tmp_path):
+    """--resume without --device: the process group's backend (gloo or nccl) follows the checkpoint's device,
+    read before anything else, not the machine's default (a CPU run resumed on a GPU machine stays on gloo)."""
+    _, out, _ = two_ranks
+    assert train_cli._saved(str(out), "device", resume=True) == "cpu"  # FLAGS' --device cpu
+    assert train_cli._saved(str(out), "device", resume=False) == "auto"
+    assert train_cli._saved(str(tmp_path / "none"), "device", resume=True) == "auto"  # (train() says what is wrong)
+
+
 def test_two_ranks_equal_one_process_accumulating_their_batches(two_ranks, tmp_path, monkeypatch):
     """2 ranks x batch B == 1 process x batch B x 2 accumulation steps, micro-batch r drawn as rank r draws."""
     corpus, out, _ = two_ranks

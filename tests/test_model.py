@@ -280,3 +280,41 @@ def test_x0_mix_starts_as_the_plain_model_and_learns_its_mix():
         mixed.h[0].mlp.c_proj.weight.normal_()
         after = mixed(idx)[0]
     torch.testing.assert_close(before, after)
+
+
+def test_a_padded_token_table_changes_nothing_but_its_shape(tmp_path):
+    """vocab_multiple rounds the token table and the output layer up (for a GPU's matrix units); the extra rows
+    are cut off the logits, so the model computes what the unpadded one does, counts its parameters, saves and
+    loads, and never produces an extra id, however large their rows' scores would be."""
+    from llm.checkpoint import load_checkpoint, save_checkpoint
+    from llm.sample import SampleConfig, generate_ids
+    from llm.tokenizer import CharTokenizer
+
+    plain, padded = tiny(), tiny(vocab_multiple=64)
+    assert padded.wte.weight.shape == (64, 16) and padded.config.padded_vocab == 64 and plain.config.padded_vocab == 37
+    with torch.no_grad():
+        for (name, p), q in zip(padded.named_parameters(), plain.parameters()):
+            p.copy_(q) if p.shape == q.shape else p[: q.shape[0]].copy_(q)
+        padded.wte.weight[37:] = 50.0  # rows that would win every prediction if they were not cut off
+    idx = torch.randint(0, 37, (2, 10))
+    (a, la), (b, lb) = plain(idx, idx), padded(idx, idx)
+    assert b.shape == a.shape == (2, 10, 37)
+    torch.testing.assert_close(b, a)
+    torch.testing.assert_close(lb, la)
+    assert padded.num_params() == plain.num_params()
+    assert padded.num_params(non_embedding=True) == plain.num_params(non_embedding=True)
+    steps = generate_ids(padded, [1, 2, 3], SampleConfig(max_new_tokens=12, temperature=2.0, seed=0))
+    assert all(0 <= t < 37 for ids, _ in steps for t in ids.flatten().tolist())
+    tok = CharTokenizer.train("".join(chr(97 + i % 26) for i in range(200)))
+    save_checkpoint(tmp_path / "p", padded, tok, {"lr": 1.0})
+    loaded, _, _ = load_checkpoint(tmp_path / "p")
+    assert loaded.config.vocab_multiple == 64 and torch.equal(loaded(idx)[0], padded(idx)[0])
+    with pytest.raises(ValueError, match="vocab_multiple"):
+        ModelConfig(vocab_multiple=0)
+
+
+def test_a_new_run_pads_its_token_table_on_cuda_only():
+    from llm.runtime import vocab_multiple
+
+    assert vocab_multiple(torch.device("cuda")) == 64 and vocab_multiple(torch.device("cpu")) == 1
+    assert vocab_multiple(torch.device("mps")) == 1

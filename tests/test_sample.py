@@ -87,8 +87,9 @@ def test_cache_logits_match_full_forward_with_chunk_after_filled_cache(pos):
         model(idx[:, :1], kv_cache=cache)
 
 
-@pytest.mark.parametrize("extra", [{}, {"qk_norm": True, "logit_softcap": 4.0}, {"value_embed": True, "x0_mix": True}],
-                         ids=["plain", "qknorm-softcap", "valueembed-x0mix"])
+@pytest.mark.parametrize("extra", [{}, {"qk_norm": True, "logit_softcap": 4.0}, {"value_embed": True, "x0_mix": True},
+                                   {"vocab_multiple": 64}],
+                         ids=["plain", "qknorm-softcap", "valueembed-x0mix", "padded-vocab"])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("norm,mlp", [("rmsnorm", "swiglu"), ("layernorm", "gelu"), ("rmsnorm", "relu2")])
 @pytest.mark.parametrize("pos", POSITIONS)
