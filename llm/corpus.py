@@ -123,15 +123,24 @@ def _hub_text(name: str) -> bool:
     return name != "README.md" and any(fnmatch.fnmatch(name, p) for p in HUB_TEXT_FILES)
 
 
+def hf_offline() -> bool:
+    """HF_HUB_OFFLINE, read at call time (huggingface_hub.constants read it once, at import)."""
+    env = os.environ.get("HF_HUB_OFFLINE")
+    if env is not None and env.strip():
+        return env.strip().upper() in {"1", "ON", "YES", "TRUE"}
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
 def hub_dataset(repo: str) -> Path:
     """USER/NAME[@REVISION] of a Hub dataset repository -> the local snapshot of its text files, fetched once into
     the Hugging Face cache (HF_HUB_OFFLINE=1: from the cache only)."""
-    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     repo_id, _, revision = repo.partition("@")
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"} \
-        or constants.HF_HUB_OFFLINE
+    offline = hf_offline()
     try:
         return Path(snapshot_download(repo_id, repo_type="dataset", revision=revision or None,
                                       allow_patterns=list(HUB_TEXT_FILES), ignore_patterns=["README.md"],

@@ -34,6 +34,7 @@ from llm.checkpoint import (CONFIG, METRICS, MODEL_FILES, CheckpointError, __ver
                             resolve)
 from llm.cli import ArgumentParser, as_flags
 from llm.config import FieldNames
+from llm.corpus import hf_offline
 from llm.sample import SAMPLE_TEXT_SETTINGS, sample_text
 
 ENV_CHECKPOINT = "SCRATCHGPT_CHECKPOINT"  # the model a Space (or any app.py run) loads when no --checkpoint is given
@@ -95,16 +96,8 @@ def check_can_push(repo_id: str) -> str:
 
 
 def _refuse_offline(what: str) -> None:
-    if _offline():
+    if hf_offline():
         raise HubError(f"{what}: HF_HUB_OFFLINE=1 is set, so nothing can be uploaded; unset it to push")
-
-
-def _offline() -> bool:
-    # the environment is read at call time: huggingface_hub.constants read it once, at import
-    env = os.environ.get("HF_HUB_OFFLINE")
-    if env is not None and env.strip():
-        return env.strip().upper() in {"1", "ON", "YES", "TRUE"}
-    return bool(constants.HF_HUB_OFFLINE)
 
 
 def _cache_dir() -> str:
@@ -154,7 +147,7 @@ def download(repo_id: str, revision: str | None = None, cache_dir: str | os.Path
     repo_id, rev = check_repo_id(repo_id)
     revision = revision or rev
     shown = repo_id + (f"@{revision}" if revision else "")
-    offline = _offline()
+    offline = hf_offline()
     cache = str(cache_dir or _cache_dir())
     try:
         with _hub_errors(f"could not download {shown}"):

@@ -51,11 +51,12 @@ def test_a_checkpoint_from_before_a_setting_existed_reads_as_it_was_trained(tmp_
     model = tiny_model(tok, value_embed=False)
     save_checkpoint(tmp_path / "old", model, tok, {"lr": 1.0, "ema": 0.0})
     cfg = json.loads((tmp_path / "old" / "config.json").read_text())
-    del cfg["model"]["value_embed"], cfg["train"]["ema"]
+    del cfg["model"]["value_embed"], cfg["model"]["vocab_multiple"], cfg["train"]["ema"]
     (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
     loaded, _, _ = load_checkpoint(tmp_path / "old")
     config, train = read_config(tmp_path / "old")
     assert not loaded.config.value_embed and not config.value_embed and train["ema"] == 0.0
+    assert config.vocab_multiple == loaded.config.vocab_multiple == 1  # no padded table then
     assert TrainConfig().ema  # what a new run gets
 
 
