@@ -53,6 +53,7 @@ OPTIONS = {
     "relu2": {"mlp": "relu2"},
     "untied": {"tie_embeddings": False},
     "dropout_0.2": {"dropout": 0.2},
+    "4x128_dropout_0.2": {"n_layer": 4, "n_embd": 128, "dropout": 0.2},  # more capacity, more regularization
 }
 VARIANTS = {"default": {}, **{f"no_{k}": v for k, v in CHANGES.items()}, **{f"with_{k}": v for k, v in OPTIONS.items()},
             "previous": {k: v for change in CHANGES.values() for k, v in change.items()}}
