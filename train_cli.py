@@ -53,8 +53,8 @@ SETTING_FLAGS = {
                                                                      "the attention values"),
         ("x0_mix", {"action": argparse.BooleanOptionalAction}, "mix the embeddings into every block's input, "
                                                                  "learned"),
-        ("vocab_multiple", {"type": int}, "round the token table's rows up to a multiple of this (default: 64 on "
-                                          "CUDA, 1 elsewhere); the extra ids are never produced"),
+        ("vocab_multiple", {"type": int}, ("round the token table's rows up to a multiple of this (default: 64 on "
+                                           "CUDA, 1 elsewhere); the extra ids are never produced")),
     ],
     "optimisation": [
         ("optimizer", {"choices": CHOICES["optimizer"]}, "muon: Muon for block matrices, AdamW for the rest"),

@@ -107,7 +107,10 @@ def hf_from(tok: Tokenizer):
     from tokenizers.pre_tokenizers import ByteLevel
 
     alphabet = _bytes_to_unicode()
-    show = lambda b: "".join(alphabet[x] for x in b)  # noqa: E731
+
+    def show(b: bytes) -> str:
+        return "".join(alphabet[x] for x in b)
+
     vocab = {show(tok.token_bytes(i)): i for i in range(256 + len(tok.merges))}
     merges = [(show(tok.token_bytes(a)), show(tok.token_bytes(b))) for (a, b), _ in
               sorted(tok.merges.items(), key=lambda kv: kv[1])]

@@ -13,6 +13,7 @@ same with or without torchrun. Only rank 0 writes files, logs and the progress b
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import os
 from dataclasses import dataclass
@@ -33,15 +34,15 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")  # where collectives' tensors live: the GPU under nccl
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))  # the GPU under nccl
     patient: object = None  # a process group with the PATIENT timeout, for share(..., patient=True)
 
     @classmethod
     def from_env(cls) -> Dist:
         """torchrun sets RANK, WORLD_SIZE and LOCAL_RANK for each process it starts; absent, one process."""
         try:
-            return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                       int(os.environ.get("LOCAL_RANK", 0)))
+            return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                       int(os.environ.get("LOCAL_RANK", "0")))
         except ValueError:
             raise ValueError("RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers (torchrun sets them)") from None
 

@@ -26,9 +26,9 @@ from llm.checkpoint import (DATA_INFO, METRICS, STATE, TOKENIZER, TRAIN_BIN, VAL
                             check_sizes, has_checkpoints, load_train_state, load_weights, read_config,
                             read_data_info, read_meta, resolve, truncate_metrics)
 from llm.config import FieldNames, SettingError, from_dict, to_dict
-from llm.dist import Dist
 from llm.corpus import Corpus, DataError, corpus_at, is_local, open_corpus, resolve_corpus
 from llm.data import data_key, load_split, prepare
+from llm.dist import Dist
 from llm.model import GPT, ModelConfig
 from llm.optim import configure_optimizers
 from llm.runtime import pick_device, pick_dtype, set_rng_state, vocab_multiple
@@ -319,10 +319,10 @@ def _check_same_text(out: Path, key: str, cfg: TrainConfig, log: Callable[[str],
 
 def start_run(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = False,
               model_overrides: dict | None = None, train_overrides: dict | None = None, overwrite: bool = False,
-              progress: bool = True, log: Callable[[str], None] = tqdm.write, dist: Dist = Dist()) -> Run:
+              progress: bool = True, log: Callable[[str], None] = tqdm.write, dist: Dist | None = None) -> Run:
     """Everything a training session needs: a new run in cfg.out, or the one saved in cfg.out/last (resume).
     Under torchrun (`dist`), rank 0 trains the tokenizer and writes the data files; each rank draws its own batches."""
-    out, saved, tokenizer = Path(cfg.out), None, None
+    out, saved, tokenizer, dist = Path(cfg.out), None, None, dist or Dist()
     if resume:
         last, model_cfg, cfg, saved, tokenizer, changed = _read_last(out, model_overrides or {},
                                                                      train_overrides or {})

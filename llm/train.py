@@ -45,9 +45,10 @@ OVERFIT_RISE = 0.01  # nats per token: a validation loss this far above the last
 
 @torch.no_grad()
 def estimate_loss(model: GPT, splits: dict[str, np.ndarray], block_size: int, batch_size: int, eval_iters: int,
-                  device: torch.device, autocast, seed: int, dist: Dist = Dist()) -> dict[str, float]:
+                  device: torch.device, autocast, seed: int, dist: Dist | None = None) -> dict[str, float]:
     """Mean loss over `eval_iters` batches per split, drawn from a freshly seeded generator. Under torchrun each
     rank computes its share of the same batches (k % world == rank), so the figure is one process's."""
+    dist = dist or Dist()
     was_training = model.training
     model.eval()
     out = {}
@@ -214,7 +215,7 @@ def save_run(run: Run, kind: str, val_loss: float | None, bpb: float | None) -> 
 def train(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = False, model_overrides: dict | None = None,
           train_overrides: dict | None = None, overwrite: bool = False, progress: bool = True,
           log: Callable[[str], None] = tqdm.write, evaluate_on_stop: bool = False, deadline: float | None = None,
-          halt: Callable[[], bool] | None = None, dist: Dist = Dist()) -> dict:
+          halt: Callable[[], bool] | None = None, dist: Dist | None = None) -> dict:
     """Train, writing OUT/best, OUT/last and OUT/metrics.jsonl. Returns a summary of the run.
 
     With resume=True the configs come from OUT/last; `model_overrides` / `train_overrides` are the settings the
@@ -223,6 +224,7 @@ def train(model_cfg: ModelConfig | None, cfg: TrainConfig, resume: bool = False,
     best/. At `deadline` (time.monotonic()) the run is cut: last/ saved, no evaluation, to resume exactly (a slice
     of a ZeroGPU call).
     """
+    dist = dist or Dist()  # (one process, unless torchrun started this one)
     with run_lock(cfg.out) if dist.main else contextlib.nullcontext():  # (rank 0 writes for all)
         run = start_run(model_cfg, cfg, resume, model_overrides, train_overrides, overwrite, progress, log, dist)
         return train_loop(run, progress and dist.main, evaluate_on_stop, deadline, halt)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import train_cli  # noqa: E402
-from llm import train as train_mod  # noqa: E402
+import train_cli
+from llm import train as train_mod
 
 step_once = train_mod.train_step
 
@@ -20,7 +20,7 @@ loop_once = train_mod.train_loop
 
 
 def train_step(run):
-    if run.dist.rank == int(os.environ.get("SIGNAL_RANK", -1)) and run.state.step == int(os.environ["SIGNAL_STEP"]):
+    if run.dist.rank == int(os.environ.get("SIGNAL_RANK", "-1")) and run.state.step == int(os.environ["SIGNAL_STEP"]):
         os.kill(os.getpid(), getattr(signal, "SIG" + os.environ["SIGNAL"]))
     return step_once(run)
 

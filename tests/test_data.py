@@ -115,7 +115,7 @@ def test_directories_globs_and_gzip(tmp_path):
     (root / "z.txt").write_text("zed\n")
     (root / "a.py").write_text("print(1)\n")
     (root / "b" / "c.txt").write_text("see\n")
-    (root / "b" / "d.txt.gz").write_bytes(gzip.compress("dee, compressed\n".encode()))
+    (root / "b" / "d.txt.gz").write_bytes(gzip.compress(b"dee, compressed\n"))
     (root / "img.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
     (root / "empty.txt").write_text("")
     (root / ".hidden.txt").write_text("secret\n")

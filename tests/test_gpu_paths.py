@@ -47,7 +47,7 @@ def test_bf16_autocast_trains(corpus, tmp_path):
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / "bf16" / "last" / "model.safetensors"), "pt") as f:
-        assert all(f.get_slice(k).get_dtype() == "F32" for k in f.keys())
+        assert all(f.get_slice(k).get_dtype() == "F32" for k in f.keys())  # noqa: SIM118 (safe_open has no __iter__)
 
 
 def test_compiled_training_equals_eager(corpus, tmp_path, capsys):

@@ -405,8 +405,8 @@ def test_encode_batch_equals_encode(tok, char_tok):
 def test_counting_chunks_is_bounded_and_says_so():
     """Past max_chunks distinct chunks the rarest are let go (memory stays bounded), with a warning; chunks
     frequent from the start keep their exact counts."""
-    word = lambda n: "".join("abcdefghij"[int(d)] for d in f"{n:04d}")  # noqa: E731  (0 -> aaaa, 1 -> aaab, ...)
-    pieces = [f"the cat {' '.join(word(50 * i + j) for j in range(50))}\n" for i in range(40)]  # 2,000 one-offs
+    words = ["".join("abcdefghij"[int(d)] for d in f"{n:04d}") for n in range(2000)]  # aaaa, aaab, ...: one-offs
+    pieces = [f"the cat {' '.join(words[50 * i: 50 * i + 50])}\n" for i in range(40)]
     with pytest.warns(UserWarning, match="distinct pre-split chunks"):
         counts = count_chunks(iter(pieces), max_chunks=300)
     assert len(counts) <= 300
