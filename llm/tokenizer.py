@@ -119,28 +119,28 @@ class _BaseTokenizer:
             parts = cut_text(t, max(1, len(t) // piece_chars)) if can_cut else [t]
             owner += [i] * len(parts)
             pieces += parts
-        # fork shares this tokenizer (and its warm cache) with the workers for free; spawn pickles it
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
-        with ProcessPoolExecutor(num_workers, ctx, initializer=_init_worker, initargs=(self,)) as pool:
-            encoded = pool.map(_encode_piece, pieces, [allowed] * len(pieces))
-            out: list[list[int]] = [[] for _ in texts]
-            for i, ids in zip(owner, encoded):
-                out[i] += ids.tolist()
+        out: list[list[int]] = [[] for _ in texts]
+        for i, ids in zip(owner, self.encode_pieces(pieces, num_workers, allowed)):
+            out[i] += ids.tolist()
         return out
 
-    def encode_pieces(self, pieces: Iterable[str], num_workers: int = 1) -> Iterator[array]:
-        """encode(piece) for each piece, lazily and in order, as arrays of ids (pieces cut as cut_text cuts join
-        into the whole text's ids). With num_workers > 1 a process pool encodes them, at most two a worker in
-        flight, so memory stays bounded however long the stream is; the ids do not depend on num_workers."""
+    def encode_pieces(self, pieces: Iterable[str], num_workers: int = 1,
+                      allowed_special: str | Iterable[str] = ()) -> Iterator[array]:
+        """encode(piece, allowed_special) for each piece, lazily and in order, as arrays of ids (pieces cut as
+        cut_text cuts join into the whole text's ids). With num_workers > 1 a process pool encodes them, at most
+        two a worker in flight, so memory stays bounded however long the stream is; the ids do not depend on
+        num_workers."""
+        allowed = self._allowed(allowed_special)
         if num_workers <= 1:
             for piece in pieces:
-                yield array("I", self.encode(piece))
+                yield array("I", self.encode(piece, allowed))
             return
+        # fork shares this tokenizer (and its warm cache) with the workers for free; spawn pickles it
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
         with ProcessPoolExecutor(num_workers, ctx, initializer=_init_worker, initargs=(self,)) as pool:
             window: deque = deque()
             for piece in pieces:
-                window.append(pool.submit(_encode_piece, piece, []))
+                window.append(pool.submit(_encode_piece, piece, allowed))
                 if len(window) >= 2 * num_workers:
                     yield window.popleft().result()
             while window:
