@@ -64,6 +64,8 @@ SETTING_FLAGS = {
         ("warmup_steps", {"type": int}, "steps of linear warmup"),
         ("weight_decay", {"type": float}, "decoupled weight decay (AdamW's matrices and embeddings, Muon's)"),
         ("ema", {"type": float}, "evaluate and save an average of the weights with this decay per step; 0 = off"),
+        ("shuffle", {"action": argparse.BooleanOptionalAction}, "read the text in epochs of windows in a random "
+                                                                 "order (--no-shuffle: windows drawn at random)"),
         ("grad_clip", {"type": float}, "clip the gradient norm to this; 0 = off"),
         ("batch_size", {"type": int}, "sequences per micro-batch"),
         ("grad_accum", {"type": int}, "micro-batches per step"),

@@ -54,6 +54,19 @@ OPTIONS = {
     "untied": {"tie_embeddings": False},
     "dropout_0.2": {"dropout": 0.2},
     "4x128_dropout_0.2": {"n_layer": 4, "n_embd": 128, "dropout": 0.2},  # more capacity, more regularization
+    "wd_0.5": {"weight_decay": 0.5},  # a text read 20 times: weight decay as the data-bound recipes tune it
+    "wd_1": {"weight_decay": 1.0},
+    "wd_0": {"weight_decay": 0.0},
+    "wd_0.03": {"weight_decay": 0.03},
+    "vocab_512": {"vocab_size": 512},
+    "vocab_2048": {"vocab_size": 2048},
+    "shuffle": {"_shuffle": True},  # an experiment: epochs of windows without replacement (patched in, see run)
+    "shuffle_wd_0.2": {"_shuffle": True, "weight_decay": 0.2},
+    "vocab_3072": {"vocab_size": 3072},
+    "vocab_4096": {"vocab_size": 4096},
+    "v2048_shuffle": {"vocab_size": 2048, "_shuffle": True},
+    "v2048_dropout_0.15": {"vocab_size": 2048, "dropout": 0.15},
+    "shuffle_wd_0.3": {"_shuffle": True, "weight_decay": 0.3},
 }
 VARIANTS = {"default": {}, **{f"no_{k}": v for k, v in CHANGES.items()}, **{f"with_{k}": v for k, v in OPTIONS.items()},
             "previous": {k: v for change in CHANGES.values() for k, v in change.items()}}
@@ -83,16 +96,49 @@ def run(corpus: str, changes: dict, steps: int, seed: int, out: Path, budget: fl
     from llm.train import train
 
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    if changes.get("_shuffle"):
+        _patch_shuffle()
+    changes = {k: v for k, v in changes.items() if not k.startswith("_")}
     model_cfg = ModelConfig(**{k: v for k, v in changes.items() if k in model_fields})
     limit = {"max_steps": 0, "time_budget": budget, "eval_interval": 300} if budget else \
         {"max_steps": steps, "time_budget": 0.0, "eval_interval": max(steps // 10, 1)}
     cfg = TrainConfig(corpus=(corpus,), out=str(out), seed=seed, sample_tokens=0, compile=False, **limit,
-                      **{k: v for k, v in changes.items() if k not in model_fields})
+                      **{k: v for k, v in changes.items() if k not in model_fields or k == "vocab_size"})
     summary = train(model_cfg, cfg, overwrite=True, progress=False, log=lambda s: None)
     evals = [r for r in read_metrics(out) if r["kind"] == "eval"]
     return {"last": evals[-1]["bits_per_byte"], "best": min(r["bits_per_byte"] for r in evals),
             "ms_per_step": 1000 * summary["train_time"] / summary["step"], "steps": summary["step"],
             "gap": evals[-1]["val_loss"] - evals[-1]["train_loss"]}
+
+
+def _patch_shuffle() -> None:
+    """Training batches drawn as epochs: each epoch a random offset and a random order of the windows at stride
+    block_size, every window once, then the next epoch (evaluation keeps its own random windows)."""
+    import numpy as np
+    import torch
+
+    import llm.train as t
+
+    original, estimate = t.get_batch, t.estimate_loss
+    queue: list[int] = []
+
+    def get_batch(data, block_size, batch_size, generator, device="cpu"):
+        while len(queue) < batch_size:
+            offset = int(torch.randint(block_size, (1,), generator=generator))
+            n = (len(data) - 1 - offset) // block_size
+            queue.extend((offset + block_size * torch.randperm(n, generator=generator)).tolist())
+        ix = [queue.pop(0) for _ in range(batch_size)]
+        xy = torch.from_numpy(np.stack([data[i: i + block_size + 1] for i in ix]).astype(np.int64))
+        return xy[:, :-1].contiguous().to(device), xy[:, 1:].contiguous().to(device)
+
+    def estimate_loss(*args, **kwargs):
+        t.get_batch = original
+        try:
+            return estimate(*args, **kwargs)
+        finally:
+            t.get_batch = get_batch
+
+    t.get_batch, t.estimate_loss = get_batch, estimate_loss
 
 
 def run_apart(corpus: str, name: str, steps: int, seed: int, out: Path, budget: float, threads: int) -> dict:

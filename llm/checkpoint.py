@@ -44,7 +44,7 @@ LOCK = ".lock"  # held by the run that writes the directory
 MAX_BLOCK_SIZE = 1 << 20  # a context longer than this is no model this code trains: a config asking for it is broken
 CHECKPOINT_KINDS = ("best", "last")
 # what older checkpoints were trained with (value_embed was on for a day; vocab_multiple came later: no padding)
-ABSENT = {"model": {"value_embed": False, "vocab_multiple": 1}, "train": {"ema": 0.0}}
+ABSENT = {"model": {"value_embed": False, "vocab_multiple": 1}, "train": {"ema": 0.0, "shuffle": False}}
 __version__ = "0.1.0"
 
 

@@ -3,13 +3,16 @@
     prepare(corpus, tokenizer, out_dir, val_frac)    -> train.bin / val.bin beside the checkpoints, reused by hash,
                                                         written as the corpus streams by (never whole in memory)
     load_split(path)                                 -> np.memmap of token ids
-    get_batch(data, block_size, batch_size, gen)     -> (x, y) int64 tensors of shape (B, T)
+    get_batch(data, block_size, batch_size, gen)     -> (x, y) int64 tensors of shape (B, T), random windows
+    Epochs(n_tokens, block_size, seed).take(k, n)    -> the starts of windows k..k+n of a run read in epochs
+    windows(data, starts, block_size)                -> (x, y) at those starts
 
 Finding and reading the corpus (files, directories, globs, .gz, URLs) is llm/corpus.py.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -215,8 +218,56 @@ def get_batch(data: np.ndarray, block_size: int, batch_size: int, generator: tor
               device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Random windows: x (B, T) and y (B, T) shifted by one. The generator is the only source of randomness."""
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
-    xy = torch.from_numpy(np.stack([data[i: i + block_size + 1] for i in ix]).astype(np.int64))
+    return windows(data, ix, block_size, device)
+
+
+def windows(data: np.ndarray, starts: Sequence[int], block_size: int,
+            device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The windows at `starts`: x (B, T) and y (B, T) shifted by one."""
+    xy = torch.from_numpy(np.stack([data[i: i + block_size + 1] for i in starts]).astype(np.int64))
     x, y = xy[:, :-1], xy[:, 1:]
     if torch.device(device).type == "cuda":
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.contiguous().to(device), y.contiguous().to(device)
+
+
+class Epochs:
+    """The training windows of a run read in epochs, as a dataset is, rather than drawn at random: each epoch
+    starts at its own random offset below block_size and visits every window at stride block_size from there
+    once, in a random order. A text read 20 times then has each part read as often as any other (random draws
+    leave some windows out of an epoch and repeat others). The windows of the whole run form one sequence fixed by
+    the seed, so window k is a function of k alone: a resumed run reads on where it stopped, and the ranks of
+    torchrun (each taking its batch in turn) read what one process accumulating their batches would."""
+
+    def __init__(self, n_tokens: int, block_size: int, seed: int):
+        if n_tokens <= block_size:
+            raise ValueError(f"{n_tokens} tokens cannot fill a window of {block_size} + 1")
+        self.n_tokens, self.block_size, self.seed = n_tokens, block_size, seed
+        self.ends = [0]  # ends[e]: windows in the epochs before e
+        self.epoch, self.order = -1, []
+
+    def _generator(self, epoch: int) -> torch.Generator:
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
+
+    def _offset(self, g: torch.Generator) -> int:
+        # at most n_tokens - 1 - block_size, so that an epoch holds at least one window
+        return int(torch.randint(min(self.block_size, self.n_tokens - self.block_size), (1,), generator=g))
+
+    def _size(self, epoch: int) -> int:
+        return (self.n_tokens - 1 - self._offset(self._generator(epoch))) // self.block_size
+
+    def take(self, first: int, count: int) -> list[int]:
+        """The starts of windows first .. first + count - 1 of the run."""
+        starts = []
+        for k in range(first, first + count):
+            while self.ends[-1] <= k:
+                self.ends.append(self.ends[-1] + self._size(len(self.ends) - 1))
+            epoch = bisect.bisect_right(self.ends, k) - 1
+            if epoch != self.epoch:
+                g = self._generator(epoch)
+                offset = self._offset(g)
+                n = (self.n_tokens - 1 - offset) // self.block_size
+                self.epoch, self.order = epoch, (offset + self.block_size * torch.randperm(n, generator=g)).tolist()
+            starts.append(self.order[k - self.ends[epoch]])
+        return starts
+

@@ -27,7 +27,7 @@ from llm.checkpoint import (DATA_INFO, METRICS, STATE, TOKENIZER, TRAIN_BIN, VAL
                             read_data_info, read_meta, resolve, truncate_metrics)
 from llm.config import FieldNames, SettingError, from_dict, to_dict
 from llm.corpus import Corpus, DataError, corpus_at, is_local, open_corpus, resolve_corpus
-from llm.data import data_key, load_split, prepare
+from llm.data import Epochs, data_key, get_batch, load_split, prepare, windows
 from llm.dist import Dist
 from llm.model import GPT, ModelConfig
 from llm.optim import configure_optimizers
@@ -57,6 +57,9 @@ class TrainConfig:
     # an exponential moving average of the weights, with this decay per step, is what evaluations measure and
     # checkpoints hold (last/train_state.pt keeps the raw weights to resume from); 0 = off
     ema: float = 0.99
+    # read the text in epochs: every window at stride block_size once per epoch, in a random order, from a random
+    # offset (False: each batch's windows drawn at random, some repeated and some left out of an epoch)
+    shuffle: bool = True
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 = off
@@ -168,6 +171,7 @@ class Run:
     dist: Dist = dataclasses.field(default_factory=Dist)  # this process's place among torchrun's (world 1: alone)
     ddp: torch.nn.parallel.DistributedDataParallel | None = None  # the model as the ranks share its gradients
     ema: list[torch.Tensor] | None = None  # the averaged weights, one per model.parameters(), with cfg.ema
+    epochs: Epochs | None = None  # the order of the training windows, with cfg.shuffle (made at the first batch)
     raw: list[torch.Tensor] | None = None  # the model's own weights while it holds the averaged ones (averaged())
     last_losses: dict | None = None  # the previous evaluation's, for the overfitting warning
     warned_overfit: bool = False
@@ -178,6 +182,18 @@ class Run:
         self.start = dataclasses.replace(self.state)
         if self.cfg.ema and self.ema is None:
             self.ema = [p.detach().clone() for p in self.model.parameters()]
+
+    def batch(self, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training batch of micro-batch `micro` of this step. Read in epochs, the ranks and micro-batches take
+        the run's windows in turn (micro-batch m of all ranks together is (step x accumulation + m) x world +
+        rank), so the batches follow from the step alone; otherwise from this rank's batch generator."""
+        cfg, block = self.cfg, self.model_cfg.block_size
+        if not cfg.shuffle:
+            return get_batch(self.splits["train"], block, cfg.batch_size, self.batch_gen, self.device)
+        if self.epochs is None:
+            self.epochs = Epochs(len(self.splits["train"]), block, cfg.seed)
+        k = (self.state.step * cfg.grad_accum + micro) * self.dist.world + self.dist.rank
+        return windows(self.splits["train"], self.epochs.take(k * cfg.batch_size, cfg.batch_size), block, self.device)
 
     def update_ema(self) -> None:
         """Move the average towards the weights after a step. The decay ramps up as (1 + step) / (10 + step), so

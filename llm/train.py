@@ -81,7 +81,7 @@ def train_step(run: Run) -> tuple[float, float, float]:
             g["lr"] = g["initial_lr"] * mult
     loss_sum = 0.0
     for micro in range(cfg.grad_accum):
-        x, y = get_batch(run.splits["train"], run.model_cfg.block_size, cfg.batch_size, run.batch_gen, run.device)
+        x, y = run.batch(micro)
         # under torchrun the ranks average their gradients once a step, in the last micro-batch's backward
         with run.ddp.no_sync() if run.ddp and micro < cfg.grad_accum - 1 else contextlib.nullcontext(), peers_lost():
             loss = _forward(run, x, y)

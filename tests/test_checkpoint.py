@@ -46,18 +46,20 @@ def test_variants_round_trip(tmp_path, tok, pos, norm, mlp, tie):
 
 
 def test_a_checkpoint_from_before_a_setting_existed_reads_as_it_was_trained(tmp_path, tok):
-    """config.json written before value_embed and ema existed lacks them: it describes a model without value
-    embeddings and a run without an average (ABSENT), not the new defaults, which would not fit its weights."""
+    """config.json written before value_embed, ema and shuffle existed lacks them: it describes a model without
+    value embeddings and a run without an average, its batches drawn at random (ABSENT), not the new defaults,
+    which would not fit its weights (or, resumed, would read other batches than the run began with)."""
     model = tiny_model(tok, value_embed=False)
-    save_checkpoint(tmp_path / "old", model, tok, {"lr": 1.0, "ema": 0.0})
+    save_checkpoint(tmp_path / "old", model, tok, {"lr": 1.0, "ema": 0.0, "shuffle": False})
     cfg = json.loads((tmp_path / "old" / "config.json").read_text())
-    del cfg["model"]["value_embed"], cfg["model"]["vocab_multiple"], cfg["train"]["ema"]
+    del cfg["model"]["value_embed"], cfg["model"]["vocab_multiple"], cfg["train"]["ema"], cfg["train"]["shuffle"]
     (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
     loaded, _, _ = load_checkpoint(tmp_path / "old")
     config, train = read_config(tmp_path / "old")
     assert not loaded.config.value_embed and not config.value_embed and train["ema"] == 0.0
+    assert train["shuffle"] is False
     assert config.vocab_multiple == loaded.config.vocab_multiple == 1  # no padded table then
-    assert TrainConfig().ema  # what a new run gets
+    assert TrainConfig().ema and TrainConfig().shuffle  # what a new run gets
 
 
 def test_crash_between_renames_leaves_a_loadable_checkpoint(tmp_path, tok, monkeypatch):

@@ -6,10 +6,12 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llm import corpus as data
 from llm.corpus import DataError, open_corpus, read_text, resolve_corpus, stream_text
-from llm.data import get_batch, load_split, prepare, write_tokens
+from llm.data import Epochs, get_batch, load_split, prepare, windows, write_tokens
 from llm.tokenizer import CharTokenizer, Tokenizer
 
 
@@ -206,6 +208,47 @@ def test_get_batch_is_driven_by_its_generator():
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
     assert x1.shape == (4, 16) and x1.dtype == torch.int64
     assert torch.equal(x1[:, 1:], y1[:, :-1]) and torch.equal(y1, x1 + 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_tokens=st.integers(2, 3000), block=st.integers(1, 300), seed=st.integers(0, 2**40))
+def test_epochs_read_every_window_once_from_an_offset(n_tokens, block, seed):
+    """Each epoch is every window at stride block_size from one offset below block_size, each once, all of them
+    inside the text; the epochs differ (in order, and in offset where the text leaves room for one)."""
+    if n_tokens <= block:
+        with pytest.raises(ValueError, match="cannot fill"):
+            Epochs(n_tokens, block, seed)
+        return
+    epochs = Epochs(n_tokens, block, seed)
+    firsts = []
+    for e in range(4):
+        starts = epochs.take(epochs.ends[e], epochs._size(e))
+        offset = min(starts)
+        assert offset < block and all(s + block + 1 <= n_tokens for s in starts)
+        assert sorted(starts) == list(range(offset, n_tokens - block, block))
+        assert len(starts) == (n_tokens - 1 - offset) // block  # every window of the epoch: none left out
+        assert epochs.ends[e + 1] - epochs.ends[e] == len(starts)
+        firsts.append(starts)
+    if n_tokens - block > 1 and (n_tokens - 1) // block > 3:
+        assert len({tuple(f) for f in firsts}) > 1
+
+
+def test_epochs_are_a_function_of_the_window_number():
+    """Window k is the same whether read in one go, in batches, backwards or by a fresh reader (a resumed run)."""
+    whole = Epochs(5000, 64, 7).take(0, 1000)
+    assert len(whole) == 1000
+    batches = Epochs(5000, 64, 7)
+    assert [s for k in range(0, 1000, 24) for s in batches.take(k, min(24, 1000 - k))] == whole
+    back = Epochs(5000, 64, 7)
+    assert [back.take(k, 1)[0] for k in reversed(range(1000))] == whole[::-1]
+    assert Epochs(5000, 64, 8).take(0, 1000) != whole  # another seed, another order
+
+
+def test_windows_are_the_text_at_their_starts():
+    data_ = np.arange(1000, dtype=np.uint16)
+    x, y = windows(data_, [0, 5, 983], 16)
+    assert x.shape == y.shape == (3, 16) and x.dtype == torch.int64
+    assert x[:, 0].tolist() == [0, 5, 983] and torch.equal(y, x + 1)
 
 
 def test_a_hub_dataset_from_the_cache_offline(tmp_path, monkeypatch):
