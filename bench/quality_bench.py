@@ -5,15 +5,16 @@ turn, and the options left off, side by side.
                                   [--seeds 1 2 3] [--variants default no_dropout with_qk_norm ...]
                                   [--time-budget SECONDS] [--jobs 2]
 
-Each variant is `train_cli.py --corpus FILE`'s defaults (BPE) with one change, trained for --steps steps (what the
-default reaches in 5 minutes on the project's 2-core machine: a step count, so the machine's load does not move
-the result) with the time budget off. "no_NAME" is the defaults with one of CHANGES undone (its value before
-issue 17), "with_NAME" the defaults with one of OPTIONS turned on, "previous" the defaults before issue 17. The
-table gives the validation bits per byte at the last step and the best one, the gap between validation and
-training loss, and the milliseconds per training step (timed, so that one does depend on the machine; with
---jobs 2 two runs share the machine, so time the steps in a run of their own). Training is deterministic on a
-CPU for a given seed and thread count. With --time-budget each variant trains for that many seconds instead (what
-a user's run does; the result then depends on the machine's speed and load), its steps in the table.
+Each variant is `train_cli.py --corpus FILE`'s defaults (BPE, at the vocabulary its rule picks for the text) with
+one change, trained for --steps steps (what the default reaches in 5 minutes on the project's 2-core machine: a
+step count, so the machine's load does not move the result) with the time budget off. "no_NAME" is the defaults
+with one of CHANGES undone (its value before issue 17), "with_NAME" the defaults with one of OPTIONS turned on,
+"previous" the defaults before issue 17. The table gives the validation bits per byte at the last step and the best
+one, the gap between validation and training loss, and the milliseconds per training step (timed, so that one does
+depend on the machine; with --jobs 2 two runs share the machine, so time the steps in a run of their own). Training
+is deterministic on a CPU for a given seed and thread count. With --time-budget each variant trains for that many
+seconds instead (what a user's run does; the result then depends on the machine's speed and load), its steps in the
+table.
 
 --corpus stdlib: the second corpus of the issue, the Python standard library's *.py files sorted by path, the first
 2 MB (UTF-8), built in a temporary file from this interpreter's own library.
@@ -42,8 +43,10 @@ CHANGES = {
     "dropout": {"dropout": 0.0},  # on the residual stream only: on the attention weights too costs 20% a step here
     "context": {"block_size": 64, "batch_size": 32},  # the same tokens per step
     "ema": {"ema": 0.0},
+    "vocab": {"vocab_size": 1024},  # the rule's vocabulary for the text (llm/auto.py: 4096 for 1.1 MB) undone
+    "shuffle": {"shuffle": False},
 }
-# options that stay off: "with_NAME" turns one on
+# options that stay off: "with_NAME" turns one on (or sets another value)
 OPTIONS = {
     "value_embed": {"value_embed": True},  # a default of issue 17 until the ablation's three seeds (bench/README.md)
     "qk_norm": {"qk_norm": True},
@@ -54,19 +57,12 @@ OPTIONS = {
     "untied": {"tie_embeddings": False},
     "dropout_0.2": {"dropout": 0.2},
     "4x128_dropout_0.2": {"n_layer": 4, "n_embd": 128, "dropout": 0.2},  # more capacity, more regularization
+    "wd_0": {"weight_decay": 0.0},
     "wd_0.5": {"weight_decay": 0.5},  # a text read 20 times: weight decay as the data-bound recipes tune it
     "wd_1": {"weight_decay": 1.0},
-    "wd_0": {"weight_decay": 0.0},
-    "wd_0.03": {"weight_decay": 0.03},
     "vocab_512": {"vocab_size": 512},
     "vocab_2048": {"vocab_size": 2048},
-    "shuffle": {"_shuffle": True},  # an experiment: epochs of windows without replacement (patched in, see run)
-    "shuffle_wd_0.2": {"_shuffle": True, "weight_decay": 0.2},
-    "vocab_3072": {"vocab_size": 3072},
-    "vocab_4096": {"vocab_size": 4096},
-    "v2048_shuffle": {"vocab_size": 2048, "_shuffle": True},
-    "v2048_dropout_0.15": {"vocab_size": 2048, "dropout": 0.15},
-    "shuffle_wd_0.3": {"_shuffle": True, "weight_decay": 0.3},
+    "vocab_8192": {"vocab_size": 8192},
 }
 VARIANTS = {"default": {}, **{f"no_{k}": v for k, v in CHANGES.items()}, **{f"with_{k}": v for k, v in OPTIONS.items()},
             "previous": {k: v for change in CHANGES.values() for k, v in change.items()}}
@@ -90,15 +86,14 @@ def stdlib_corpus(path: Path) -> Path:
 
 def run(corpus: str, changes: dict, steps: int, seed: int, out: Path, budget: float = 0.0) -> dict:
     """One training run with the defaults plus `changes`; its figures."""
+    from llm.auto import bpe_vocab
     from llm.checkpoint import read_metrics
     from llm.model import ModelConfig
     from llm.run import TrainConfig
     from llm.train import train
 
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    if changes.get("_shuffle"):
-        _patch_shuffle()
-    changes = {k: v for k, v in changes.items() if not k.startswith("_")}
+    changes = {"vocab_size": bpe_vocab(Path(corpus).stat().st_size), **changes}  # what train_cli.py's rule picks
     model_cfg = ModelConfig(**{k: v for k, v in changes.items() if k in model_fields})
     limit = {"max_steps": 0, "time_budget": budget, "eval_interval": 300} if budget else \
         {"max_steps": steps, "time_budget": 0.0, "eval_interval": max(steps // 10, 1)}
@@ -109,36 +104,6 @@ def run(corpus: str, changes: dict, steps: int, seed: int, out: Path, budget: fl
     return {"last": evals[-1]["bits_per_byte"], "best": min(r["bits_per_byte"] for r in evals),
             "ms_per_step": 1000 * summary["train_time"] / summary["step"], "steps": summary["step"],
             "gap": evals[-1]["val_loss"] - evals[-1]["train_loss"]}
-
-
-def _patch_shuffle() -> None:
-    """Training batches drawn as epochs: each epoch a random offset and a random order of the windows at stride
-    block_size, every window once, then the next epoch (evaluation keeps its own random windows)."""
-    import numpy as np
-    import torch
-
-    import llm.train as t
-
-    original, estimate = t.get_batch, t.estimate_loss
-    queue: list[int] = []
-
-    def get_batch(data, block_size, batch_size, generator, device="cpu"):
-        while len(queue) < batch_size:
-            offset = int(torch.randint(block_size, (1,), generator=generator))
-            n = (len(data) - 1 - offset) // block_size
-            queue.extend((offset + block_size * torch.randperm(n, generator=generator)).tolist())
-        ix = [queue.pop(0) for _ in range(batch_size)]
-        xy = torch.from_numpy(np.stack([data[i: i + block_size + 1] for i in ix]).astype(np.int64))
-        return xy[:, :-1].contiguous().to(device), xy[:, 1:].contiguous().to(device)
-
-    def estimate_loss(*args, **kwargs):
-        t.get_batch = original
-        try:
-            return estimate(*args, **kwargs)
-        finally:
-            t.get_batch = get_batch
-
-    t.get_batch, t.estimate_loss = get_batch, estimate_loss
 
 
 def run_apart(corpus: str, name: str, steps: int, seed: int, out: Path, budget: float, threads: int) -> dict:

@@ -38,8 +38,9 @@ from llm.train import train
 
 TARGET = 1.89
 # train_cli.py's flags for its settings before issue 17 (model quality): no dropout, context 64 x batch 32, no value
-# embeddings, no average of the weights
-PREVIOUS = ["--dropout", "0", "--block-size", "64", "--batch-size", "32", "--no-value-embed", "--ema", "0"]
+# embeddings, no average of the weights, BPE 1024 whatever the text, batches drawn at random
+PREVIOUS = ["--dropout", "0", "--block-size", "64", "--batch-size", "32", "--no-value-embed", "--ema", "0",
+            "--vocab-size", "1024", "--no-shuffle"]
 
 
 def run(name: str, model_cfg: ModelConfig, cfg: TrainConfig) -> list[dict]:

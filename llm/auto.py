@@ -9,10 +9,14 @@ The rule (README, "Settings chosen for you", says how it was found):
      (compute-bound, as Chinchilla), and has at most PARAMS_PER_TOKEN parameters per token of text (data-bound: a
      model much larger than its text memorizes it); the smallest shape when none does.
   3. Dropout from the passes over the text (epochs) that budget makes: DROPOUT's thresholds.
+  0. First, for BPE, the vocabulary from the text's size (bpe_vocab): about one token per VOCAB_BYTES bytes of
+     text, a power of two in VOCAB_RANGE. Measured on tiny shakespeare (1.1 MB): in 5 minutes 8192 beat 4096,
+     2048 and 1024, and at equal steps 4096 beat 512, 1024 and 2048 (bench/README.md, Model quality).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -48,7 +52,23 @@ LADDER = (
 TOKENS_PER_PARAM = 20  # compute-bound: fewer tokens than this per parameter and a smaller model learns more
 PARAMS_PER_TOKEN = 10  # data-bound: nanoGPT's shakespeare-char model (10.7M) on its 1M characters
 DROPOUT = ((4.0, 0.0), (50.0, 0.1), (float("inf"), 0.2))  # (passes over the text up to, dropout)
-BYTES_PER_TOKEN = {"bpe": 2.6, "char": 1.0}  # rough, before the tokenizer exists (BPE 1024 on English: 2.6)
+VOCAB_BYTES = 128  # BPE: a vocabulary of one token per this many bytes of text
+VOCAB_RANGE = (1024, 32768)
+
+
+def bpe_vocab(corpus_bytes: int) -> int:
+    """The BPE vocabulary for a text of this many bytes: the largest power of two up to corpus_bytes / VOCAB_BYTES,
+    within VOCAB_RANGE."""
+    vocab = VOCAB_RANGE[0]
+    while vocab * 2 <= min(corpus_bytes / VOCAB_BYTES, VOCAB_RANGE[1]):
+        vocab *= 2
+    return vocab
+
+
+def bytes_per_token(tokenizer: str, vocab: int) -> float:
+    """Rough, before the tokenizer exists: BPE on English text, 2.6 bytes a token at 1024 and 3.6 at 4096 (tiny
+    shakespeare), about half a byte more each time the vocabulary doubles."""
+    return 1.0 if tokenizer == "char" else max(2.6 + 0.5 * math.log2(vocab / 1024), 1.5)
 
 
 def params(shape: Shape, vocab_size: int) -> int:
@@ -95,22 +115,24 @@ def auto_settings(given: dict, corpus_bytes: int, flops: float | None, world: in
     dropout still follows the passes over the text the run makes. `flops` (the device's training FLOP/s) is needed
     only when a time budget limits the run (a step limit alone does not depend on speed). `world` processes
     train together (torchrun): each step reads that many batches, at that many times the FLOP/s."""
-    tokenizer, vocab = given.get("tokenizer", "bpe"), given.get("vocab_size", 1024)
-    vocab = vocab if tokenizer == "bpe" else 256
+    chosen: dict = {}
+    tokenizer = given.get("tokenizer", "bpe")
+    if tokenizer == "bpe" and "vocab_size" not in given:
+        chosen["vocab_size"] = bpe_vocab(corpus_bytes)
+    vocab = given.get("vocab_size", chosen.get("vocab_size")) if tokenizer == "bpe" else 256
     max_steps = given.get("max_steps", 0)
     time_budget = given.get("time_budget", 0.0) or (0.0 if max_steps else 300.0)
-    text_tokens = max(corpus_bytes / BYTES_PER_TOKEN[tokenizer], 1.0)
+    text_tokens = max(corpus_bytes / bytes_per_token(tokenizer, vocab), 1.0)
 
     def tokens_read(shape: Shape) -> float:
         by_steps = max_steps * shape.batch_size * shape.block_size * world if max_steps else float("inf")
         by_time = time_budget * world * flops / flops_per_token(shape, vocab) if time_budget and flops else float("inf")
         return min(by_steps, by_time)
 
-    chosen: dict = {}
     if not any(k in given for k in SHAPE_FIELDS):
         fits = [s for s in LADDER if tokens_read(s) >= TOKENS_PER_PARAM * params(s, vocab)
                 and params(s, vocab) <= PARAMS_PER_TOKEN * text_tokens]
-        chosen = (fits[-1] if fits else LADDER[0]).settings()
+        chosen.update((fits[-1] if fits else LADDER[0]).settings())
     d = ModelConfig()
     shape = Shape(*(given.get(k, chosen.get(k, getattr(d, k, None))) for k in SHAPE_FIELDS[:4]),
                   given.get("batch_size", chosen.get("batch_size", 32)), 0.0)
@@ -124,7 +146,8 @@ def auto_settings(given: dict, corpus_bytes: int, flops: float | None, world: in
     budget = f"{time_budget:,.0f} s" + (f" at {flops / 1e9:,.0f} GFLOP/s" if flops else "") if time_budget else ""
     limit = " or ".join(x for x in (budget, f"{max_steps:,} steps" if max_steps else "") if x)
     limit += f" on each of {world} processes" if world > 1 else ""
-    reason = (f"{corpus_bytes / 1e6:.2g} MB of text (about {text_tokens:,.0f} tokens), {limit}: "
+    tokens = f"BPE {vocab}: about {text_tokens:,.0f} tokens" if tokenizer == "bpe" else f"{text_tokens:,.0f} characters"
+    reason = (f"{corpus_bytes / 1e6:.2g} MB of text ({tokens}), {limit}: "
               f"{shape.n_layer} layers x {shape.n_embd}, context {shape.block_size}, batch {shape.batch_size} "
               f"({n / 1e6:.2g}M parameters, {read / n:,.0f} tokens read per parameter, {epochs:,.0f} passes over "
               "the text)")

@@ -244,7 +244,7 @@ class Epochs:
             raise ValueError(f"{n_tokens} tokens cannot fill a window of {block_size} + 1")
         self.n_tokens, self.block_size, self.seed = n_tokens, block_size, seed
         self.ends = [0]  # ends[e]: windows in the epochs before e
-        self.epoch, self.order = -1, []
+        self.epoch, self.offset, self.order = -1, 0, torch.empty(0, dtype=torch.int32)
 
     def _generator(self, epoch: int) -> torch.Generator:
         return torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
@@ -265,9 +265,11 @@ class Epochs:
             epoch = bisect.bisect_right(self.ends, k) - 1
             if epoch != self.epoch:
                 g = self._generator(epoch)
-                offset = self._offset(g)
-                n = (self.n_tokens - 1 - offset) // self.block_size
-                self.epoch, self.order = epoch, (offset + self.block_size * torch.randperm(n, generator=g)).tolist()
-            starts.append(self.order[k - self.ends[epoch]])
+                self.offset = self._offset(g)
+                n = (self.n_tokens - 1 - self.offset) // self.block_size
+                # the order as a tensor of 4-byte window numbers: 4 MB for a billion tokens at block 1024
+                self.epoch, self.order = epoch, torch.randperm(n, generator=g, dtype=torch.int32 if n < 2**31
+                                                               else torch.int64)
+            starts.append(self.offset + self.block_size * int(self.order[k - self.ends[epoch]]))
         return starts
 

@@ -4,13 +4,14 @@ import pytest
 
 import train_cli
 from conftest import TINY
-from llm.auto import LADDER, PARAMS_PER_TOKEN, TOKENS_PER_PARAM, auto_settings, flops_per_token, params
+from llm.auto import (LADDER, PARAMS_PER_TOKEN, TOKENS_PER_PARAM, auto_settings, bpe_vocab, bytes_per_token,
+                      flops_per_token, params)
 from llm.model import ModelConfig
 from llm.run import TrainConfig
 
 
-def tokens_per_param(shape, seconds, flops):
-    return seconds * flops / flops_per_token(shape, 1024) / params(shape, 1024)
+def tokens_per_param(shape, seconds, flops, vocab=1024):
+    return seconds * flops / flops_per_token(shape, vocab) / params(shape, vocab)
 
 
 def test_a_laptop_cpu_for_five_minutes_gets_the_defaults():
@@ -22,7 +23,19 @@ def test_a_laptop_cpu_for_five_minutes_gets_the_defaults():
         {"n_layer": d.n_layer, "n_head": d.n_head, "n_embd": d.n_embd, "block_size": d.block_size,
          "dropout": d.dropout}
     assert chosen["batch_size"] == t.batch_size and chosen["lr"] == t.lr and chosen["min_lr"] == t.min_lr
-    assert "3 layers x 96" in why and "passes over the text" in why
+    assert chosen["vocab_size"] == 8192  # one token per 128 bytes: 8,714, down to a power of two
+    assert "3 layers x 96" in why and "passes over the text" in why and "BPE 8192" in why
+
+
+def test_the_vocabulary_grows_with_the_text():
+    """BPE's vocabulary: the largest power of two up to one token per 128 bytes, from 1024 to 32768; a size
+    given is kept, and a character-level run has none to choose."""
+    assert [bpe_vocab(n) for n in (0, 5000, 262_143, 262_144, 1_115_394, 2_000_000, 10**7, 10**12)] == \
+        [1024, 1024, 1024, 2048, 8192, 8192, 32768, 32768]
+    assert "vocab_size" not in auto_settings({"vocab_size": 1024}, 1_115_394, 60e9)[0]
+    assert "vocab_size" not in auto_settings({"tokenizer": "char"}, 1_115_394, 60e9)[0]
+    assert bytes_per_token("bpe", 1024) == 2.6 and bytes_per_token("bpe", 4096) == pytest.approx(3.6)
+    assert bytes_per_token("char", 4096) == 1.0
 
 
 def test_compute_bound_picks_the_largest_shape_that_reads_enough_tokens():
@@ -32,8 +45,10 @@ def test_compute_bound_picks_the_largest_shape_that_reads_enough_tokens():
     chosen, _ = auto_settings({"time_budget": seconds}, 10_000_000_000, flops)
     i = next(i for i, s in enumerate(LADDER) if s.n_embd == chosen["n_embd"] and s.n_layer == chosen["n_layer"])
     assert 0 < i < len(LADDER) - 1
-    assert tokens_per_param(LADDER[i], seconds, flops) >= TOKENS_PER_PARAM
-    assert tokens_per_param(LADDER[i + 1], seconds, flops) < TOKENS_PER_PARAM
+    vocab = chosen["vocab_size"]
+    assert vocab == 32768
+    assert tokens_per_param(LADDER[i], seconds, flops, vocab) >= TOKENS_PER_PARAM
+    assert tokens_per_param(LADDER[i + 1], seconds, flops, vocab) < TOKENS_PER_PARAM
     assert chosen["dropout"] == 0.0  # under 4 passes over 10 GB
 
 
@@ -52,8 +67,8 @@ def test_a_step_limit_needs_no_speed_and_given_settings_are_kept():
     # a shape setting turns the ladder off; dropout still follows the passes over the text
     chosen, why = auto_settings({"max_steps": 60, "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32,
                                  "batch_size": 8}, 5000, None)
-    assert chosen == {"dropout": 0.1} and "8 passes" in why  # 60 x 8 x 32 tokens over about 5000 / 2.6
-    assert auto_settings({**given, "n_layer": 2}, 5000, None) == ({}, "")  # nothing left to choose
+    assert chosen == {"dropout": 0.1, "vocab_size": 1024} and "8 passes" in why  # 60 x 8 x 32 over 5000 / 2.6
+    assert auto_settings({**given, "n_layer": 2, "vocab_size": 512}, 5000, None) == ({}, "")  # nothing to choose
 
     # under torchrun each step reads every process's batch: twice the passes with 2 processes
     shape = {"max_steps": 60, "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 8}
