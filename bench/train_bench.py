@@ -4,7 +4,8 @@
     python bench/train_bench.py --skip-default-run --set n_layer=4 n_embd=128   # (b) with other settings
 
 (a) reference: nanoGPT's CPU "baby GPT" (4 layers, 4 heads, 128 dims, block 64, batch 12, learned positions,
-    LayerNorm, GELU, AdamW lr 1e-3, warmup 100, cosine to 1e-4 over 2000 steps, dropout 0), character level;
+    LayerNorm, GELU, AdamW lr 1e-3, warmup 100, cosine to 1e-4 over 2000 steps, dropout 0, random windows),
+    character level;
 (b) this project's defaults, character level, given the training time (a) took, with what train_cli.py's rule
     (llm/auto.py) picks for that text and budget;
 (c) `python train_cli.py --corpus FILE` with nothing else (BPE, defaults, 5 minutes);
@@ -98,7 +99,7 @@ def main() -> None:
                                 value_embed=False)
         ref_train = TrainConfig(**common, out=str(tmp / "ref"), batch_size=12, lr=1e-3, min_lr=1e-4,
                                 warmup_steps=100, max_steps=2000, optimizer="adamw", beta2=0.99, weight_decay=0.1,
-                                grad_clip=1.0, eval_interval=100, ema=0.0)
+                                grad_clip=1.0, eval_interval=100, ema=0.0, shuffle=False)
         ref_rows = run("(a) nanoGPT baby GPT", ref_model, ref_train)
     budget = args.skip_reference or ref_rows[-1]["train_time"]
 
