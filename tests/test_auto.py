@@ -34,7 +34,7 @@ def test_the_vocabulary_grows_with_the_text():
         [1024, 1024, 1024, 2048, 8192, 8192, 32768, 32768]
     assert "vocab_size" not in auto_settings({"vocab_size": 1024}, 1_115_394, 60e9)[0]
     assert "vocab_size" not in auto_settings({"tokenizer": "char"}, 1_115_394, 60e9)[0]
-    assert bytes_per_token("bpe", 1024) == 2.6 and bytes_per_token("bpe", 4096) == pytest.approx(3.6)
+    assert bytes_per_token("bpe", 1024) == 2.6 and bytes_per_token("bpe", 8192) == pytest.approx(3.95)
     assert bytes_per_token("char", 4096) == 1.0
 
 
