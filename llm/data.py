@@ -257,9 +257,9 @@ class Epochs:
         return (self.n_tokens - 1 - self._offset(self._generator(epoch))) // self.block_size
 
     def take(self, first: int, count: int) -> list[int]:
-        """The starts of windows first .. first + count - 1 of the run."""
-        starts = []
-        for k in range(first, first + count):
+        """The starts of windows first .. first + count - 1 of the run (a slice of each epoch they fall in)."""
+        starts, k, end = [], first, first + count
+        while k < end:
             while self.ends[-1] <= k:
                 self.ends.append(self.ends[-1] + self._size(len(self.ends) - 1))
             epoch = bisect.bisect_right(self.ends, k) - 1
@@ -270,6 +270,8 @@ class Epochs:
                 # the order as a tensor of 4-byte window numbers: 4 MB for a billion tokens at block 1024
                 self.epoch, self.order = epoch, torch.randperm(n, generator=g, dtype=torch.int32 if n < 2**31
                                                                else torch.int64)
-            starts.append(self.offset + self.block_size * int(self.order[k - self.ends[epoch]]))
+            stop = min(end, self.ends[epoch + 1])
+            part = self.order[k - self.ends[epoch]: stop - self.ends[epoch]].long()
+            starts.extend((self.offset + self.block_size * part).tolist())
+            k = stop
         return starts
-
