@@ -266,7 +266,7 @@ class Epochs:
             if epoch != self.epoch:
                 g = self._generator(epoch)
                 self.offset = self._offset(g)
-                n = (self.n_tokens - 1 - self.offset) // self.block_size
+                n = self.ends[epoch + 1] - self.ends[epoch]  # _size(epoch), from the same first draw
                 # the order as a tensor of 4-byte window numbers: 4 MB for a billion tokens at block 1024
                 self.epoch, self.order = epoch, torch.randperm(n, generator=g, dtype=torch.int32 if n < 2**31
                                                                else torch.int64)
