@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm.model import GPT, QK_EPS, RMSNorm, apply_rope, mlp_activation, softcap, unit_norm
+from llm.model import (GPT, NGRAM_CONTEXT, QK_EPS, RMSNorm, apply_rope, mlp_activation, ngram_rows, softcap,
+                       unit_norm)
 
 StepFn = Callable[[torch.Tensor, "KVCache"], torch.Tensor]  # (idx (B, 1), cache) -> logits (B, V)
 
@@ -27,8 +28,9 @@ class KVCache:
     """Pre-allocated keys and values: kv (n_layer, B, 2, H, max_len, hd), keys at [:, :, 0] and values at
     [:, :, 1] (views k and v). One tensor, so a decode step stores a position's key and value with one copy.
 
-    update() takes a batch of 1 for a cache of B rows: a prefill written once lands in every row, so
-    num_samples > 1 costs a single prefill."""
+    update() and context() take a batch of 1 for a cache of B rows: a prefill written once lands in every row, so
+    num_samples > 1 costs a single prefill. `ids` (B, max_len) keeps the tokens themselves, for the n-gram
+    embeddings' context."""
 
     def __init__(
         self,
@@ -45,6 +47,7 @@ class KVCache:
         self.max_len = max_len
         self.pos = 0
         self.layers = list(self.kv)  # per-layer views (B, 2, H, max_len, hd): fewer ops per decode step
+        self.ids = torch.full((batch_size, max_len), -1, dtype=torch.long, device=device)
 
     @classmethod
     def for_model(cls, model: nn.Module, batch_size: int, max_len: int | None = None) -> KVCache:
@@ -65,6 +68,16 @@ class KVCache:
         if B < k_all.size(0):
             k_all, v_all = k_all[:B], v_all[:B]
         return k_all.narrow(2, 0, end), v_all.narrow(2, 0, end)
+
+    def context(self, idx: torch.Tensor, n: int) -> torch.Tensor:
+        B, T = idx.shape
+        end = self.pos + T
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {self.pos} used, {T} more asked for")
+        self.ids[:, self.pos : end] = idx  # a batch-1 prefill broadcasts over every row
+        start = self.pos - n
+        ids = self.ids[:B, max(start, 0) : end]
+        return F.pad(ids, (-start, 0), value=-1) if start < 0 else ids
 
     def advance(self, T: int) -> None:
         self.pos += T
@@ -123,6 +136,7 @@ def decoder(model: GPT) -> StepFn:
         layers.append((mix, ln_1, _linear(block.attn.c_attn, g_1), ve, _linear(block.attn.c_proj),
                        ln_2, _linear(block.mlp.c_fc, g_2), _linear(block.mlp.c_proj), block.mlp.kind))
     (ln_f, g_f), wte = _norm(model.ln_f), model.wte.weight.detach()
+    ngram = model.ngram.weight.detach() if model.ngram is not None else None
     head = _linear(model.lm_head, g_f, rows=c.vocab_size)  # (a padded output layer's extra rows left out)
     table, rope = model.wpe.table(0, c.block_size), model.wpe.rotations(0, c.block_size)
     if rope is not None:  # (T, 3, 1, 1, hd/2): q and k rotate, v is multiplied by 1
@@ -133,6 +147,9 @@ def decoder(model: GPT) -> StepFn:
         if pos >= c.block_size:
             raise ValueError(f"sequence of {pos + 1} tokens ({pos} cached + 1 new) exceeds block_size {c.block_size}")
         x = torch.embedding(wte, idx.view(B))  # (B, C)
+        if ngram is not None:  # the n-grams ending here, the tokens before from the cache
+            rows = ngram_rows(kv_cache.context(idx.view(B, 1), NGRAM_CONTEXT), c.ngram_embed)  # (B, 1, orders)
+            x = x + torch.embedding(ngram, rows.view(B, -1)).sum(1)
         if table is not None:
             x = x + table.select(0, pos)
         freqs = rope.select(0, pos) if rope is not None else None  # (3, 1, 1, hd/2)

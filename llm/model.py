@@ -2,7 +2,7 @@
 
 Variants are config fields: positions (rope | learned | sinusoidal: one class each in POSITIONS), norm
 (rmsnorm | layernorm), MLP (swiglu | gelu | relu2), tied input/output embeddings, QK-norm, logit soft-capping,
-value embeddings, a learned mix of the embeddings into every block's input (x0_mix). Attention goes through
+value embeddings, a learned mix of the embeddings into every block's input (x0_mix), hashed n-gram embeddings. Attention goes through
 F.scaled_dot_product_attention; the explicit softmax(QK^T)V path runs only for attention_maps (the app's view).
 
 The model never owns cache state: `forward(idx, kv_cache=cache)` takes any object with the KVCacheProtocol
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 NORM_CHOICES = ("rmsnorm", "layernorm")
+MAX_NGRAM_ROWS = 1 << 24
 MLP_CHOICES = ("swiglu", "gelu", "relu2")
 
 
@@ -47,6 +48,10 @@ class ModelConfig:
     # gained nothing in three seeds and costs 4% a step (bench/README.md, Model quality)
     value_embed: bool = False
     x0_mix: bool = False  # each block starts from a * x + b * x0, x0 the embeddings, a and b learned (from 1, 0)
+    # hashed n-gram embeddings: the 2, 3 and 4 tokens that end at each position are each hashed to a row of one
+    # table of this many rows (plus one for "the text has no token there"), added to the token's embedding: the
+    # last few tokens without attention, for the cost of a lookup; 0 = off
+    ngram_embed: int = 0
     # the token table and the output layer get rows up to a multiple of this: whole tiles for a GPU's matrix units
     # (None: the trainer's choice, 64 on CUDA and 1 elsewhere). The extra ids are never produced: their logits
     # are cut off before anyone sees them
@@ -70,6 +75,9 @@ class ModelConfig:
             raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
         if not (isinstance(self.logit_softcap, (int, float)) and 0.0 <= self.logit_softcap < math.inf):
             raise ValueError(f"logit_softcap must be a number >= 0 (0 = off), got {self.logit_softcap!r}")
+        n = self.ngram_embed
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_NGRAM_ROWS:
+            raise ValueError(f"ngram_embed must be an integer from 0 (off) to {MAX_NGRAM_ROWS:,}, got {n!r}")
         m = self.vocab_multiple
         if m is not None and (not isinstance(m, int) or isinstance(m, bool) or not 1 <= m <= 4096):
             raise ValueError(f"vocab_multiple must be an integer from 1 to 4096, got {m!r}")
@@ -86,11 +94,16 @@ class KVCacheProtocol(Protocol):
         pos                    tokens already cached (the same for every batch row)
         update(layer, k, v)    k, v (B, H, T, hd) for positions [pos, pos + T) -> the keys and values for
                                [0, pos + T), each (B, H, pos + T, hd)
+        context(idx, n)        idx (B, T), the tokens at positions [pos, pos + T) -> (B, n + T): the n tokens
+                               before them (-1 before position 0), then idx; called once per forward, before
+                               the layers, by a model with n-gram embeddings only
         advance(T)             called once per forward, after the last layer"""
 
     pos: int
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def context(self, idx: torch.Tensor, n: int) -> torch.Tensor: ...
 
     def advance(self, T: int) -> None: ...
 
@@ -180,6 +193,39 @@ class SinusoidalPositions(Positions):
 
 POSITIONS: dict[str, type[Positions]] = {"rope": RotaryPositions, "learned": LearnedPositions,
                                          "sinusoidal": SinusoidalPositions}
+
+
+# -----------------------------------------------------------------------------
+# hashed n-grams
+
+NGRAM_ORDERS = (2, 3, 4)  # the n-grams ending at a position: its token and the 1, 2 and 3 before it
+NGRAM_CONTEXT = max(NGRAM_ORDERS) - 1  # tokens before a position that its n-grams need
+HASH_P = (1 << 31) - 1  # a prime: products of two numbers below it fit in int64
+MASK_31 = (1 << 31) - 1
+
+
+def _scramble(h: torch.Tensor) -> torch.Tensor:
+    """A bijection of [0, 2^31) that spreads near numbers apart (xor-shifts and odd multipliers, as hash
+    finalizers do), in 31 bits so that every product fits in int64."""
+    for shift, mult in ((15, 0x2C1B3C6D), (12, 0x297A2D39)):
+        h = (h ^ (h >> shift)) * mult & MASK_31
+    return h ^ (h >> 15)
+
+
+def ngram_rows(ids: torch.Tensor, rows: int) -> torch.Tensor:
+    """ids (B, K + T): the K = NGRAM_CONTEXT tokens before T positions (-1 where the text has none there), then the
+    T tokens -> (B, T, len(NGRAM_ORDERS)) rows of a table of rows + 1: for each position and each n, a hash of the
+    n tokens ending there; row `rows` where one of them is missing. The n tokens are read as digits of a number
+    modulo a prime (salted by n, so a pair and a triple land apart), which is then scrambled."""
+    K = NGRAM_CONTEXT
+    T = ids.size(1) - K
+    out = []
+    for n in NGRAM_ORDERS:
+        h = torch.full_like(ids[:, :T], n)
+        for i in range(K + 1 - n, K + 1):  # the n tokens ending at each position, oldest first
+            h = (h * 1_000_003 + ids[:, i : i + T] + 1) % HASH_P
+        out.append((_scramble(h) % rows).masked_fill(ids[:, K + 1 - n : K + 1 - n + T] < 0, rows))
+    return torch.stack(out, dim=-1)
 
 
 # -----------------------------------------------------------------------------
@@ -334,6 +380,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(config.padded_vocab, config.n_embd)
         self.wpe = POSITIONS[config.pos](config)  # nanoGPT's name: a learned table stays wpe.weight
         self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.ngram = nn.Embedding(config.ngram_embed + 1, config.n_embd) if config.ngram_embed else None
         self.ln_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab, bias=False)
         if config.tie_embeddings:
@@ -349,8 +396,8 @@ class GPT(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=std * scale)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, nn.Embedding):  # the n-gram table starts at zero: the model as without it
+                nn.init.normal_(module.weight, mean=0.0, std=0.0 if module is self.ngram else std)
             elif isinstance(module, (nn.LayerNorm, RMSNorm)):
                 module.reset_parameters()
             elif isinstance(module, Block) and module.lambdas is not None:
@@ -395,6 +442,10 @@ class GPT(nn.Module):
                 f"sequence of {start + T} tokens ({start} cached + {T} new) exceeds block_size {self.config.block_size}"
             )
         x = self.wte(idx)  # (B, T, C)
+        if self.ngram is not None:  # the tokens before the first: from the cache, else none
+            K = NGRAM_CONTEXT
+            ids = kv_cache.context(idx, K) if kv_cache is not None else F.pad(idx, (K, 0), value=-1)
+            x = x + self.ngram(ngram_rows(ids, self.config.ngram_embed)).sum(2)
         table, freqs = self.wpe.table(start, T), self.wpe.rotations(start, T)
         if table is not None:
             x = x + table
@@ -425,6 +476,7 @@ class GPT(nn.Module):
         if non_embedding:
             n -= sum(p.numel() for p in self.wpe.parameters())
             n -= sum(b.attn.value_embed.weight.numel() for b in self.h if b.attn.value_embed is not None)
+            n -= self.ngram.weight.numel() if self.ngram is not None else 0
             if not c.tie_embeddings:
                 n -= self.wte.weight.numel() - padding
         return n

@@ -112,7 +112,7 @@ def configure_optimizers(model: nn.Module, name: str, lr: float, weight_decay: f
     """AdamW (name='adamw') or Muon + AdamW (name='muon'). Each group remembers its base lr as 'initial_lr'."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     # embeddings and the output head stay on AdamW even though they are 2-D: Muon is for hidden matrices
-    is_embedding = lambda n: any(s in n for s in ("wte", "wpe", "lm_head", "value_embed"))
+    is_embedding = lambda n: any(s in n for s in ("wte", "wpe", "lm_head", "value_embed", "ngram"))
     matrices = [p for n, p in params.items() if p.dim() >= 2 and not is_embedding(n)]
     embeds = [p for n, p in params.items() if p.dim() >= 2 and is_embedding(n)]
     vectors = [p for n, p in params.items() if p.dim() < 2]

@@ -4,8 +4,8 @@ import pytest
 
 import train_cli
 from conftest import TINY
-from llm.auto import (LADDER, PARAMS_PER_TOKEN, TOKENS_PER_PARAM, auto_settings, bpe_vocab, bytes_per_token,
-                      flops_per_token, params)
+from llm.auto import (LADDER, NGRAM_ROWS, PARAMS_PER_TOKEN, TOKENS_PER_PARAM, auto_settings, bpe_vocab,
+                      bytes_per_token, flops_per_token, params)
 from llm.model import ModelConfig
 from llm.run import TrainConfig
 
@@ -36,6 +36,17 @@ def test_the_vocabulary_grows_with_the_text():
     assert "vocab_size" not in auto_settings({"tokenizer": "char"}, 1_115_394, 60e9)[0]
     assert bytes_per_token("bpe", 1024) == 2.6 and bytes_per_token("bpe", 8192) == pytest.approx(3.95)
     assert bytes_per_token("char", 4096) == 1.0
+
+
+def test_character_level_gets_ngram_embeddings_and_bpe_does_not():
+    """The n-gram table is the rule's at character level only (llm/auto.py, step 4); a size given is kept, 0
+    included, and the line says what was chosen."""
+    chosen, why = auto_settings({"tokenizer": "char"}, 1_115_394, 60e9)
+    assert chosen["ngram_embed"] == NGRAM_ROWS and f"n-gram embeddings of {NGRAM_ROWS:,} rows" in why
+    assert "ngram_embed" not in auto_settings({}, 1_115_394, 60e9)[0]
+    assert "ngram_embed" not in auto_settings({"tokenizer": "char", "ngram_embed": 0}, 1_115_394, 60e9)[0]
+    assert auto_settings({"tokenizer": "char", "n_layer": 2}, 1_115_394, 60e9)[0]["ngram_embed"] == NGRAM_ROWS  # a
+    # shape given turns the ladder off, not the table
 
 
 def test_compute_bound_picks_the_largest_shape_that_reads_enough_tokens():

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llm.model import GPT, ModelConfig
+from llm.model import GPT, NGRAM_CONTEXT, NGRAM_ORDERS, ModelConfig, ngram_rows
 
 VARIANTS = [
     {"pos": pos, "norm": norm, "mlp": mlp, "tie_embeddings": tie}
@@ -41,6 +41,8 @@ def tiny(**kw) -> GPT:
         ({"dropout": 1.0}, "dropout must be in [0, 1)"),
         ({"logit_softcap": -1.0}, "logit_softcap must be a number >= 0"),
         ({"logit_softcap": math.inf}, "logit_softcap must be a number >= 0"),
+        ({"ngram_embed": -1}, "ngram_embed must be an integer from 0"),
+        ({"ngram_embed": 1 << 30}, "ngram_embed must be an integer from 0"),
     ],
 )
 def test_config_rejects_bad_values(kw, words):
@@ -262,6 +264,49 @@ def test_value_embeddings_add_a_per_token_vector_to_the_values_causally():
     adamw, muon = configure_optimizers(ve, "muon", 1e-3, 0.1, (0.9, 0.95))
     on_adamw = {id(p) for g in adamw.param_groups for p in g["params"]}
     assert all(id(b.attn.value_embed.weight) in on_adamw for b in ve.h)  # a table, not a hidden matrix for Muon
+
+
+def test_ngram_rows_known_answer():
+    """The 2, 3 and 4 tokens ending at each position: equal n-grams share a row, a missing token gets the table's
+    last row, and an n-gram's row depends on each of its tokens."""
+    assert NGRAM_ORDERS == (2, 3, 4) and NGRAM_CONTEXT == 3
+    ids = torch.tensor([[-1, -1, -1, 5, 6, 7, 5, 6, 7, 6, 7]])  # three missing tokens, then the text
+    rows = ngram_rows(ids, 1000)
+    assert rows.shape == (1, 8, 3) and rows.dtype == torch.long
+    two, three, four = (rows[0, :, i].tolist() for i in range(3))
+    assert two[:1] + three[:2] + four[:3] == [1000] * 6  # the first n - 1 positions have no n-gram
+    assert two[1] == two[4] and two[2] == two[5] == two[7]  # (5, 6) twice; (6, 7) three times
+    assert three[2] == three[5]  # (5, 6, 7) twice
+    assert three[3] != three[6] and three[7] != three[2]  # (6, 7, 5) against (6, 7, 6), (7, 6, 7) against
+    # (5, 6, 7): the newest and the oldest token count
+    assert four[3] != four[6]  # (5, 6, 7, 5) against (5, 6, 7, 6)
+    assert len({*two[1:4], *three[2:5], *four[3:6]}) == 9  # different n-grams, different rows here
+    assert all(0 <= r < 1000 for r in two[1:] + three[2:] + four[3:])
+    # spread: the 37 x 37 pairs of a small vocabulary over 4096 rows collide about as often as random rows would
+    a, b = torch.meshgrid(torch.arange(37), torch.arange(37), indexing="ij")
+    pairs = torch.stack([torch.full((37 * 37,), -1)] * 2 + [a.flatten(), b.flatten()], 1)  # (1369, 3 + 1)
+    pair_rows = ngram_rows(pairs, 4096)[:, 0, 0]
+    assert pair_rows.unique().numel() > 0.8 * 37 * 37  # random rows: 1 - e^(-1369/4096) of 4096, 85% distinct
+
+
+def test_ngram_embeddings_start_as_the_plain_model_and_add_the_last_three_tokens():
+    """A zeroed table (the init) is the plain model; a row moves the logits only from the first position whose
+    n-gram lands on it."""
+    plain, ng = tiny(), tiny(ngram_embed=50)
+    missing = ng.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["ngram.weight"]
+    idx = torch.tensor([[1, 2, 3, 4, 1, 2, 3, 9]])
+    torch.testing.assert_close(ng(idx)[0], plain(idx)[0])
+    row = ngram_rows(F.pad(idx, (3, 0), value=-1), 50)[0, 1, 0].item()  # the pair (1, 2), at positions 1 and 5
+    with torch.no_grad():
+        ng.ngram.weight[row].normal_()
+        moved = (ng(idx)[0] - plain(idx)[0]).abs().amax(dim=-1)[0]  # (T,)
+    assert moved[0] < 1e-6 and moved[1] > 1e-4  # from the pair's position on
+    assert ng.num_params(non_embedding=True) == plain.num_params(non_embedding=True)  # a lookup, not compute
+    from llm.optim import configure_optimizers
+
+    adamw, muon = configure_optimizers(ng, "muon", 1e-3, 0.1, (0.9, 0.95))
+    assert any(p is ng.ngram.weight for g in adamw.param_groups for p in g["params"])  # a table, not for Muon
 
 
 def test_x0_mix_starts_as_the_plain_model_and_learns_its_mix():

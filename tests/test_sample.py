@@ -32,7 +32,11 @@ def tok() -> Tokenizer:
 def tiny(pos: str = "rope", vocab_size: int = 257, block_size: int = 16, **kw) -> GPT:
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=16, pos=pos, **kw)
-    return GPT(cfg).eval()
+    model = GPT(cfg).eval()
+    if model.ngram is not None:  # the init's zeros would hide a wrong row
+        with torch.no_grad():
+            model.ngram.weight.normal_(0.0, 0.5)
+    return model
 
 
 def ids_of(model, prompt, **kw) -> list[list[int]]:
@@ -68,11 +72,13 @@ def scripted_events(tok, text_or_ids, **kw):
 # --- KV cache against the no-cache reference ---------------------------------------------------------------
 
 
+@pytest.mark.parametrize("extra", [{}, {"ngram_embed": 97}], ids=["plain", "ngram"])
 @pytest.mark.parametrize("pos", POSITIONS)
-def test_cache_logits_match_full_forward_with_chunk_after_filled_cache(pos):
+def test_cache_logits_match_full_forward_with_chunk_after_filled_cache(pos, extra):
     """Prefill, single tokens, then a multi-token chunk appended to a filled cache (the causal-mask trap:
-    SDPA's is_causal is wrong when Tq != Tk)."""
-    model = tiny(pos)
+    SDPA's is_causal is wrong when Tq != Tk; the n-gram embeddings' trap: a chunk's first tokens need the
+    cached tokens before them)."""
+    model = tiny(pos, **extra)
     idx = torch.randint(0, 257, (2, 16))
     full, _ = model(idx)
     cache = KVCache.for_model(model, batch_size=2)
@@ -88,8 +94,8 @@ def test_cache_logits_match_full_forward_with_chunk_after_filled_cache(pos):
 
 
 @pytest.mark.parametrize("extra", [{}, {"qk_norm": True, "logit_softcap": 4.0}, {"value_embed": True, "x0_mix": True},
-                                   {"vocab_multiple": 64}],
-                         ids=["plain", "qknorm-softcap", "valueembed-x0mix", "padded-vocab"])
+                                   {"vocab_multiple": 64}, {"ngram_embed": 97}],
+                         ids=["plain", "qknorm-softcap", "valueembed-x0mix", "padded-vocab", "ngram"])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("norm,mlp", [("rmsnorm", "swiglu"), ("layernorm", "gelu"), ("rmsnorm", "relu2")])
 @pytest.mark.parametrize("pos", POSITIONS)
@@ -154,21 +160,24 @@ def test_forward_hooks_see_every_step():
         assert tokens == ids_of(model, list(range(10)), temperature=1.0, seed=0, max_new_tokens=12)[0]  # decoder
 
 
+@pytest.mark.parametrize("extra", [{}, {"ngram_embed": 97}], ids=["plain", "ngram"])
 @pytest.mark.parametrize("pos", POSITIONS)
-def test_greedy_with_cache_equals_no_cache_past_block_size(pos):
+def test_greedy_with_cache_equals_no_cache_past_block_size(pos, extra):
     """40 new tokens from a block of 16: the window slides (and the cache refills) several times."""
-    model = tiny(pos)
+    model = tiny(pos, **extra)
     prompt = [72, 101, 108, 108, 111, 32]
     cached = ids_of(model, prompt, temperature=0.0, max_new_tokens=40, use_kv_cache=True)
     plain = ids_of(model, prompt, temperature=0.0, max_new_tokens=40, use_kv_cache=False)
     assert cached == plain
 
 
+@pytest.mark.parametrize("extra", [{}, {"ngram_embed": 97}], ids=["plain", "ngram"])
 @pytest.mark.parametrize("use_kv_cache", [True, False])
 @pytest.mark.parametrize("pos", POSITIONS)
-def test_each_token_is_the_argmax_of_a_full_forward_on_its_window(pos, use_kv_cache):
-    """Both paths checked against the model directly, window slides included."""
-    model = tiny(pos, block_size=8)
+def test_each_token_is_the_argmax_of_a_full_forward_on_its_window(pos, use_kv_cache, extra):
+    """Both paths checked against the model directly, window slides included (a window's first tokens have no
+    n-gram context in either)."""
+    model = tiny(pos, block_size=8, **extra)
     prompt = [5, 6, 7]
     bs, keep = 8, 8 - 8 // 4
     tokens, start = list(prompt), 0

@@ -254,11 +254,12 @@ def test_overfitting_is_warned_once_with_the_settings_to_turn(monkeypatch, capsy
 
 OPTIONS = [({"qk_norm": True, "logit_softcap": 8.0}, {}),
            ({"value_embed": True, "x0_mix": True, "mlp": "relu2", "dropout": 0.1}, {"ema": 0.8}),
-           ({}, {"shuffle": False})]  # (the defaults read in epochs: the cases above)
+           ({}, {"shuffle": False}),  # (the defaults read in epochs: the cases above)
+           ({"ngram_embed": 64}, {})]
 
 
 @pytest.mark.parametrize("model_kw,train_kw", OPTIONS,
-                         ids=["qknorm-softcap", "valueembed-x0mix-relu2-dropout-ema", "random-batches"])
+                         ids=["qknorm-softcap", "valueembed-x0mix-relu2-dropout-ema", "random-batches", "ngram"])
 def test_options_train_save_load_and_resume_exactly(corpus, tmp_path, model_kw, train_kw):
     """The architecture and training options go through the whole trainer: saved in config.json, loaded back,
     and a run cut after each step and resumed ends with the same weights as one run through."""
