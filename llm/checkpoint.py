@@ -436,13 +436,11 @@ def check_sizes(file: str | Path, config: ModelConfig) -> None:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{file}: not a readable safetensors file ({_first_line(e)})") from None
-    c, problems = config, []
-    for name, expected in (("wte.weight", (c.padded_vocab, c.n_embd)), ("wpe.weight", (c.block_size, c.n_embd)),
-                           ("ngram.weight", (c.ngram_embed + 1, c.n_embd))):
-        if name in shapes and shapes[name] != expected:
-            problems.append(f"{name}: shape {shapes[name]} in the file, {expected} in the config")
-    problems += [f"missing tensor {name}" for name, needed in (("wte.weight", True), ("ngram.weight", c.ngram_embed))
-                 if needed and name not in shapes]
+    c, needed = config, ["wte.weight"] + ["ngram.weight"] * bool(config.ngram_embed)
+    tables = {"wte.weight": (c.padded_vocab, c.n_embd), "wpe.weight": (c.block_size, c.n_embd),
+              "ngram.weight": (c.ngram_embed + 1, c.n_embd)}  # the tables the config sizes, before they exist
+    problems = [f"{k}: shape {shapes[k]} in the file, {v} in the config" for k, v in tables.items()
+                if shapes.get(k, v) != v] + [f"missing tensor {k}" for k in needed if k not in shapes]
     blocks = {k.split(".")[1] for k in shapes if k.startswith("h.")}
     if len(blocks) != c.n_layer or not all(b.isdigit() and int(b) < c.n_layer for b in blocks):
         problems.append(f"{len(blocks)} blocks in the file, n_layer {c.n_layer} in the config")

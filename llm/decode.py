@@ -114,6 +114,23 @@ def _linear(m: nn.Linear, gain: torch.Tensor | None = None, rows: int | None = N
     return lambda x: torch.addmm(b, x, w_t)
 
 
+def _embedder(model: GPT) -> Callable[[torch.Tensor, KVCache], torch.Tensor]:
+    """embed(idx (B,), kv_cache) -> (B, C): the input of the first block at position kv_cache.pos, as forward
+    makes it: the token's embedding, its n-grams' (the tokens before it from the cache), the position table's."""
+    c, wte = model.config, model.wte.weight.detach()
+    ngram = model.ngram.weight.detach() if model.ngram is not None else None
+    table = model.wpe.table(0, c.block_size)
+
+    def embed(idx: torch.Tensor, kv_cache: KVCache) -> torch.Tensor:
+        x = torch.embedding(wte, idx)
+        if ngram is not None:
+            rows = ngram_rows(kv_cache.context(idx[:, None], NGRAM_CONTEXT), c.ngram_embed)  # (B, 1, orders)
+            x = x + torch.embedding(ngram, rows[:, 0]).sum(1)
+        return x if table is None else x + table.select(0, kv_cache.pos)
+
+    return embed
+
+
 def decoder(model: GPT) -> StepFn:
     """A one-token step over a copy of the weights as they are now: step(idx, kv_cache) takes idx (B, 1) after
     kv_cache.pos cached positions, extends the cache by one and returns logits (B, V), equal to
@@ -135,10 +152,9 @@ def decoder(model: GPT) -> StepFn:
         mix = block.lambdas.detach().clone().tolist() if block.lambdas is not None else None
         layers.append((mix, ln_1, _linear(block.attn.c_attn, g_1), ve, _linear(block.attn.c_proj),
                        ln_2, _linear(block.mlp.c_fc, g_2), _linear(block.mlp.c_proj), block.mlp.kind))
-    (ln_f, g_f), wte = _norm(model.ln_f), model.wte.weight.detach()
-    ngram = model.ngram.weight.detach() if model.ngram is not None else None
+    (ln_f, g_f), embed = _norm(model.ln_f), _embedder(model)
     head = _linear(model.lm_head, g_f, rows=c.vocab_size)  # (a padded output layer's extra rows left out)
-    table, rope = model.wpe.table(0, c.block_size), model.wpe.rotations(0, c.block_size)
+    rope = model.wpe.rotations(0, c.block_size)
     if rope is not None:  # (T, 3, 1, 1, hd/2): q and k rotate, v is multiplied by 1
         rope = torch.stack([rope, rope, torch.ones_like(rope)], dim=1)[:, :, None, None]
 
@@ -146,12 +162,7 @@ def decoder(model: GPT) -> StepFn:
         B, pos = idx.size(0), kv_cache.pos
         if pos >= c.block_size:
             raise ValueError(f"sequence of {pos + 1} tokens ({pos} cached + 1 new) exceeds block_size {c.block_size}")
-        x = torch.embedding(wte, idx.view(B))  # (B, C)
-        if ngram is not None:  # the n-grams ending here, the tokens before from the cache
-            rows = ngram_rows(kv_cache.context(idx.view(B, 1), NGRAM_CONTEXT), c.ngram_embed)  # (B, 1, orders)
-            x = x + torch.embedding(ngram, rows.view(B, -1)).sum(1)
-        if table is not None:
-            x = x + table.select(0, pos)
+        x = embed(idx.view(B), kv_cache)  # (B, C)
         freqs = rope.select(0, pos) if rope is not None else None  # (3, 1, 1, hd/2)
         x0 = x  # x0_mix's embeddings: the first mix makes a new x before anything writes in place
         # In-place ops (add_, mul_) only ever write tensors this step created

@@ -2,8 +2,9 @@
 
 Variants are config fields: positions (rope | learned | sinusoidal: one class each in POSITIONS), norm
 (rmsnorm | layernorm), MLP (swiglu | gelu | relu2), tied input/output embeddings, QK-norm, logit soft-capping,
-value embeddings, a learned mix of the embeddings into every block's input (x0_mix), hashed n-gram embeddings. Attention goes through
-F.scaled_dot_product_attention; the explicit softmax(QK^T)V path runs only for attention_maps (the app's view).
+value embeddings, a learned mix of the embeddings into every block's input (x0_mix), hashed n-gram embeddings.
+Attention goes through F.scaled_dot_product_attention; the explicit softmax(QK^T)V path runs only for
+attention_maps (the app's view).
 
 The model never owns cache state: `forward(idx, kv_cache=cache)` takes any object with the KVCacheProtocol
 below (llm/decode.py's KVCache is the one; its one-token decode step lives there too, beside the cache it writes).
@@ -20,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 NORM_CHOICES = ("rmsnorm", "layernorm")
-MAX_NGRAM_ROWS = 1 << 24
 MLP_CHOICES = ("swiglu", "gelu", "relu2")
+MAX_NGRAM_ROWS = 1 << 24
 
 
 @dataclass
@@ -201,6 +202,7 @@ POSITIONS: dict[str, type[Positions]] = {"rope": RotaryPositions, "learned": Lea
 NGRAM_ORDERS = (2, 3, 4)  # the n-grams ending at a position: its token and the 1, 2 and 3 before it
 NGRAM_CONTEXT = max(NGRAM_ORDERS) - 1  # tokens before a position that its n-grams need
 HASH_P = (1 << 31) - 1  # a prime: products of two numbers below it fit in int64
+HASH_BASE, HASH_SALT = 1_000_003, 0x5BD1E995 % HASH_P
 MASK_31 = (1 << 31) - 1
 
 
@@ -215,17 +217,15 @@ def _scramble(h: torch.Tensor) -> torch.Tensor:
 def ngram_rows(ids: torch.Tensor, rows: int) -> torch.Tensor:
     """ids (B, K + T): the K = NGRAM_CONTEXT tokens before T positions (-1 where the text has none there), then the
     T tokens -> (B, T, len(NGRAM_ORDERS)) rows of a table of rows + 1: for each position and each n, a hash of the
-    n tokens ending there; row `rows` where one of them is missing. The n tokens are read as digits of a number
-    modulo a prime (salted by n, so a pair and a triple land apart), which is then scrambled."""
-    K = NGRAM_CONTEXT
-    T = ids.size(1) - K
-    out = []
-    for n in NGRAM_ORDERS:
-        h = torch.full_like(ids[:, :T], n)
-        for i in range(K + 1 - n, K + 1):  # the n tokens ending at each position, oldest first
-            h = (h * 1_000_003 + ids[:, i : i + T] + 1) % HASH_P
-        out.append((_scramble(h) % rows).masked_fill(ids[:, K + 1 - n : K + 1 - n + T] < 0, rows))
-    return torch.stack(out, dim=-1)
+    n tokens ending there; row `rows` where one of them is missing. The n tokens are read as the digits of a
+    number modulo a prime, the newest the lowest (so all orders come from one running sum), salted by n so that
+    a pair and a triple land apart, then scrambled. All orders at once: a decode step pays per op."""
+    K, orders = NGRAM_CONTEXT, torch.tensor(NGRAM_ORDERS, device=ids.device)
+    digits = ids.unfold(1, K + 1, 1).flip(-1) + 1  # (B, T, K + 1): each position's token, then the K before it
+    powers = torch.tensor([pow(HASH_BASE, j, HASH_P) for j in range(K + 1)], device=ids.device)
+    sums = (digits * powers % HASH_P).cumsum(-1).index_select(-1, orders - 1)  # (B, T, orders): the n newest
+    h = _scramble((sums + orders * HASH_SALT) % HASH_P) % rows
+    return h.masked_fill(digits.index_select(-1, orders - 1) == 0, rows)  # the n-gram's oldest token missing
 
 
 # -----------------------------------------------------------------------------

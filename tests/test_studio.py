@@ -15,6 +15,7 @@ import app
 import train_cli
 from conftest import ROOT, make_text
 from llm import studio, worker
+from llm.auto import NGRAM_ROWS
 from llm.checkpoint import CheckpointError, read_metrics
 from llm.config import SettingError
 from llm.corpus import DataError
@@ -117,6 +118,9 @@ def test_configs_speak_the_page_labels():
     with pytest.raises(SettingError, match="whole number"):
         studio.configs("tiny", "bpe", 300, 60.0, {**ADVANCED, "n_layer": 1.5})
     assert studio.size_settings("small")["n_embd"] == 128  # the sizes are train_cli.py's presets' shapes
+    # characters get the rule's n-gram embeddings, as train_cli.py gives them; BPE none
+    assert studio.configs("tiny", "char", 300, 60.0, ADVANCED)[0].ngram_embed == NGRAM_ROWS
+    assert model.ngram_embed == 0
 
 
 def test_plan_counts_what_the_trainer_builds():
