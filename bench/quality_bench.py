@@ -60,6 +60,7 @@ OPTIONS = {
     "wd_0": {"weight_decay": 0.0},
     "wd_0.5": {"weight_decay": 0.5},  # a text read 20 times: weight decay as the data-bound recipes tune it
     "wd_1": {"weight_decay": 1.0},
+    "ngram": {"ngram_embed": 16384},  # character level's n-gram table (llm/auto.py): at BPE 8192 it memorizes
     "vocab_512": {"vocab_size": 512},
     "vocab_2048": {"vocab_size": 2048},
     "vocab_8192": {"vocab_size": 8192},

@@ -12,6 +12,7 @@ below (llm/decode.py's KVCache is the one; its one-token decode step lives there
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -214,15 +215,21 @@ def _scramble(h: torch.Tensor) -> torch.Tensor:
     return h ^ (h >> 15)
 
 
+@functools.cache
+def _hash_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """NGRAM_ORDERS and the powers of HASH_BASE modulo HASH_P, on a device once (not a copy to it every step)."""
+    powers = [pow(HASH_BASE, j, HASH_P) for j in range(NGRAM_CONTEXT + 1)]
+    return torch.tensor(NGRAM_ORDERS, device=device), torch.tensor(powers, device=device)
+
+
 def ngram_rows(ids: torch.Tensor, rows: int) -> torch.Tensor:
     """ids (B, K + T): the K = NGRAM_CONTEXT tokens before T positions (-1 where the text has none there), then the
     T tokens -> (B, T, len(NGRAM_ORDERS)) rows of a table of rows + 1: for each position and each n, a hash of the
     n tokens ending there; row `rows` where one of them is missing. The n tokens are read as the digits of a
     number modulo a prime, the newest the lowest (so all orders come from one running sum), salted by n so that
     a pair and a triple land apart, then scrambled. All orders at once: a decode step pays per op."""
-    K, orders = NGRAM_CONTEXT, torch.tensor(NGRAM_ORDERS, device=ids.device)
+    K, (orders, powers) = NGRAM_CONTEXT, _hash_constants(ids.device)
     digits = ids.unfold(1, K + 1, 1).flip(-1) + 1  # (B, T, K + 1): each position's token, then the K before it
-    powers = torch.tensor([pow(HASH_BASE, j, HASH_P) for j in range(K + 1)], device=ids.device)
     sums = (digits * powers % HASH_P).cumsum(-1).index_select(-1, orders - 1)  # (B, T, orders): the n newest
     h = _scramble((sums + orders * HASH_SALT) % HASH_P) % rows
     return h.masked_fill(digits.index_select(-1, orders - 1) == 0, rows)  # the n-gram's oldest token missing
