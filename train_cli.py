@@ -53,8 +53,8 @@ SETTING_FLAGS = {
                                                                      "the attention values"),
         ("x0_mix", {"action": argparse.BooleanOptionalAction}, "mix the embeddings into every block's input, "
                                                                  "learned"),
-        ("ngram_embed", {"type": int}, "hashed n-gram embeddings: rows of a table for the 2, 3 and 4 tokens that "
-                                       "end at each position; 0 = off"),
+        ("ngram_embed", {"type": int}, ("hashed n-gram embeddings: rows of a table for the 2, 3 and 4 tokens that "
+                                        "end at each position; 0 = off")),
         ("vocab_multiple", {"type": int}, ("round the token table's rows up to a multiple of this (default: 64 on "
                                            "CUDA, 1 elsewhere); the extra ids are never produced")),
     ],

@@ -180,10 +180,12 @@ def warn_overfit(run: Run, losses: dict[str, float]) -> None:
         return
     if losses["val"] > prev["val"] + OVERFIT_RISE and losses["train"] < prev["train"]:
         run.warned_overfit = True
+        table = ", `ngram_embed` 0 (no n-gram table)" if run.model.config.ngram_embed else ""
         run.log(f"warning: overfitting: the validation loss rose ({prev['val']:.4f} -> {losses['val']:.4f}) while "
                 f"the training loss fell ({prev['train']:.4f} -> {losses['train']:.4f}): the model has begun to "
                 "memorize its text. Fewer steps (`max_steps` or `time_budget`), `dropout` 0.1 or more, a smaller "
-                "model (`n_layer`, `n_embd`) or more text narrow the gap; best/ keeps the lowest validation loss.")
+                f"model (`n_layer`, `n_embd`){table} or more text narrow the gap; best/ keeps the lowest validation "
+                "loss.")
 
 
 def save_run(run: Run, kind: str, val_loss: float | None, bpb: float | None) -> None:

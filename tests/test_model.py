@@ -305,7 +305,7 @@ def test_ngram_embeddings_start_as_the_plain_model_and_add_the_last_three_tokens
     assert ng.num_params(non_embedding=True) == plain.num_params(non_embedding=True)  # a lookup, not compute
     from llm.optim import configure_optimizers
 
-    adamw, muon = configure_optimizers(ng, "muon", 1e-3, 0.1, (0.9, 0.95))
+    adamw, _ = configure_optimizers(ng, "muon", 1e-3, 0.1, (0.9, 0.95))
     assert any(p is ng.ngram.weight for g in adamw.param_groups for p in g["params"])  # a table, not for Muon
 
 

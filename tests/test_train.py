@@ -232,16 +232,22 @@ def test_help_gives_every_flag_a_line_and_its_default():
 def test_overfitting_is_warned_once_with_the_settings_to_turn(monkeypatch, capsys, corpus, tmp_path):
     from types import SimpleNamespace
 
+    from llm.model import ModelConfig
+
     said = []
-    run = SimpleNamespace(last_losses=None, warned_overfit=False, log=said.append)
-    for train_loss, val_loss in ((3.0, 3.2), (2.8, 3.1), (2.6, 3.15), (2.4, 3.3)):  # val falls, then rises
-        train_mod.warn_overfit(run, {"train": train_loss, "val": val_loss})
-    assert len(said) == 1 and "validation loss rose (3.1000 -> 3.1500)" in said[0]
-    assert "`dropout`" in said[0] and "`max_steps`" in said[0]
-    quiet = SimpleNamespace(last_losses=None, warned_overfit=False, log=said.append)
+    for ngram in (0, 64):  # a model with an n-gram table is told it may go without
+        run = SimpleNamespace(last_losses=None, warned_overfit=False, log=said.append,
+                              model=SimpleNamespace(config=ModelConfig(ngram_embed=ngram)))
+        for train_loss, val_loss in ((3.0, 3.2), (2.8, 3.1), (2.6, 3.15), (2.4, 3.3)):  # val falls, then rises
+            train_mod.warn_overfit(run, {"train": train_loss, "val": val_loss})
+    assert len(said) == 2 and all("validation loss rose (3.1000 -> 3.1500)" in s for s in said)
+    assert all("`dropout`" in s and "`max_steps`" in s for s in said)
+    assert "`ngram_embed` 0" not in said[0] and "`ngram_embed` 0" in said[1]
+    said.clear()
+    quiet = SimpleNamespace(last_losses=None, warned_overfit=False, log=said.append, model=run.model)
     for train_loss, val_loss in ((3.0, 3.2), (2.9, 3.205), (float("nan"), 9.0)):  # within noise; not finite
         train_mod.warn_overfit(quiet, {"train": train_loss, "val": val_loss})
-    assert len(said) == 1
+    assert not said
 
     def fake_train(*args, log, **kwargs):  # what train_cli.py prints of a trainer's marked line
         log("warning: try `dropout` 0.1 or fewer `max_steps`")
