@@ -111,6 +111,26 @@ def test_refuses_mismatches_by_name(tmp_path, tok):
         load_checkpoint(d)
 
 
+def test_an_ngram_table_the_file_lacks_or_sizes_otherwise_is_refused_before_building(tmp_path, tok, monkeypatch):
+    """config.json asking for an n-gram table the weights do not hold, or one of another size (a huge one would
+    be allocated before load_weights could compare), is refused from the file's header: no model is built."""
+    d = tmp_path / "c"
+    save_checkpoint(d, tiny_model(tok, ngram_embed=32), tok)
+    assert load_checkpoint(d)[0].config.ngram_embed == 32
+    monkeypatch.setattr("llm.checkpoint.GPT", lambda config: pytest.fail("a model was built"))
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["model"]["ngram_embed"] = 1 << 24
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"ngram.weight: shape \(33, 16\) in the file, \(16777217, 16\)"):
+        load_checkpoint(d)
+    save_checkpoint(d, tiny_model(tok), tok)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["model"]["ngram_embed"] = 32
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="missing tensor ngram.weight"):
+        load_checkpoint(d)
+
+
 @pytest.mark.parametrize("victim,content,match", [
     ("model.safetensors", b"not safetensors", "not a readable safetensors"),
     ("config.json", b"{oops", "not valid JSON"),
