@@ -53,6 +53,8 @@ SETTING_FLAGS = {
                                                                      "the attention values"),
         ("x0_mix", {"action": argparse.BooleanOptionalAction}, "mix the embeddings into every block's input, "
                                                                  "learned"),
+        ("unet", {"action": argparse.BooleanOptionalAction}, ("U-net skips: the last blocks take the first blocks' "
+                                                                "outputs, by learned weights")),
         ("ngram_embed", {"type": int}, ("hashed n-gram embeddings: rows of a table for the 2, 3 and 4 tokens that "
                                         "end at each position; 0 = off")),
         ("vocab_multiple", {"type": int}, ("round the token table's rows up to a multiple of this (default: 64 on "

@@ -53,6 +53,7 @@ OPTIONS = {
     "softcap": {"logit_softcap": 15.0},
     "attn_dropout": {"attn_dropout": 0.1},
     "x0_mix": {"x0_mix": True},
+    "unet": {"unet": True},  # at 3 layers one skip: block 0's output into block 2
     "relu2": {"mlp": "relu2"},
     "untied": {"tie_embeddings": False},
     "dropout_0.2": {"dropout": 0.2},

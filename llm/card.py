@@ -222,6 +222,7 @@ def _architecture(model: dict, meta: dict, tok_kind: str) -> str:
         ("bias", model.get("bias", "n/a")),
     ] + [(name, model[key]) for name, key in (("QK-norm", "qk_norm"), ("logit soft-cap", "logit_softcap"),
                                               ("embeddings mixed into each block", "x0_mix"),
+                                              ("U-net skips", "unet"),
                                               ("n-gram embedding rows", "ngram_embed"),
                                               ("attention dropout", "attn_dropout")) if model.get(key)] + padded)
 

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm.model import (GPT, NGRAM_CONTEXT, QK_EPS, RMSNorm, apply_rope, mlp_activation, ngram_rows, softcap,
-                       unit_norm)
+from llm.model import GPT, QK_EPS, RMSNorm, apply_rope, mlp_activation, softcap, unit_norm
+from llm.ngram import NGRAM_CONTEXT, ngram_rows
 
 StepFn = Callable[[torch.Tensor, "KVCache"], torch.Tensor]  # (idx (B, 1), cache) -> logits (B, V)
 
@@ -131,6 +131,23 @@ def _embedder(model: GPT) -> Callable[[torch.Tensor, KVCache], torch.Tensor]:
     return embed
 
 
+def _layers(model: GPT) -> list[tuple]:
+    """Each block's weights and settings as the step reads them: (x0_mix's weights, the U-net skip it takes,
+    whether its output is kept for one, ln_1, attention in, value embeddings, attention out, ln_2, MLP in, MLP
+    out, the MLP's kind)."""
+    L, skip_w = len(model.h), model.skip_weights.detach().tolist() if model.skip_weights is not None else []
+    layers = []
+    for i, block in enumerate(model.h):
+        (ln_1, g_1), (ln_2, g_2) = _norm(block.ln_1), _norm(block.ln_2)
+        ve = block.attn.value_embed.weight.detach() if block.attn.value_embed is not None else None
+        mix = block.lambdas.detach().clone().tolist() if block.lambdas is not None else None
+        skip = (L - 1 - i, skip_w[L - 1 - i]) if i >= L - len(skip_w) else None
+        layers.append((mix, skip, i < len(skip_w), ln_1, _linear(block.attn.c_attn, g_1), ve,
+                       _linear(block.attn.c_proj), ln_2, _linear(block.mlp.c_fc, g_2), _linear(block.mlp.c_proj),
+                       block.mlp.kind))
+    return layers
+
+
 def decoder(model: GPT) -> StepFn:
     """A one-token step over a copy of the weights as they are now: step(idx, kv_cache) takes idx (B, 1) after
     kv_cache.pos cached positions, extends the cache by one and returns logits (B, V), equal to
@@ -145,14 +162,7 @@ def decoder(model: GPT) -> StepFn:
     weights' size in memory while a generation runs."""
     c = model.config
     H, hd = c.n_head, c.n_embd // c.n_head
-    layers = []
-    for block in model.h:
-        (ln_1, g_1), (ln_2, g_2) = _norm(block.ln_1), _norm(block.ln_2)
-        ve = block.attn.value_embed.weight.detach() if block.attn.value_embed is not None else None
-        mix = block.lambdas.detach().clone().tolist() if block.lambdas is not None else None
-        layers.append((mix, ln_1, _linear(block.attn.c_attn, g_1), ve, _linear(block.attn.c_proj),
-                       ln_2, _linear(block.mlp.c_fc, g_2), _linear(block.mlp.c_proj), block.mlp.kind))
-    (ln_f, g_f), embed = _norm(model.ln_f), _embedder(model)
+    layers, (ln_f, g_f), embed = _layers(model), _norm(model.ln_f), _embedder(model)
     head = _linear(model.lm_head, g_f, rows=c.vocab_size)  # (a padded output layer's extra rows left out)
     rope = model.wpe.rotations(0, c.block_size)
     if rope is not None:  # (T, 3, 1, 1, hd/2): q and k rotate, v is multiplied by 1
@@ -164,11 +174,13 @@ def decoder(model: GPT) -> StepFn:
             raise ValueError(f"sequence of {pos + 1} tokens ({pos} cached + 1 new) exceeds block_size {c.block_size}")
         x = embed(idx.view(B), kv_cache)  # (B, C)
         freqs = rope.select(0, pos) if rope is not None else None  # (3, 1, 1, hd/2)
-        x0 = x  # x0_mix's embeddings: the first mix makes a new x before anything writes in place
+        x0, skips = x, []  # x0_mix's embeddings: the first mix makes a new x before anything writes in place
         # In-place ops (add_, mul_) only ever write tensors this step created
-        for (mix, ln_1, attn_in, ve, attn_out, ln_2, fc, proj, mlp), kv in zip(layers, kv_cache.layers):
+        for (mix, skip, keep, ln_1, attn_in, ve, attn_out, ln_2, fc, proj, mlp), kv in zip(layers, kv_cache.layers):
             if mix is not None:
                 x = mix[0] * x + mix[1] * x0
+            if skip is not None:  # U-net: (the block whose output this one takes, its weight)
+                x = x + skip[1] * skips[skip[0]]
             qkv = attn_in(ln_1(x))  # (B, 3C)
             if ve is not None:  # value embeddings: the token's vector added to v
                 qkv.narrow(1, 2 * c.n_embd, c.n_embd).add_(torch.embedding(ve, idx.view(B)))
@@ -185,6 +197,8 @@ def decoder(model: GPT) -> StepFn:
             y = F.scaled_dot_product_attention(qkv.select(1, 0), k, v)  # one query sees every key: no mask
             x.add_(attn_out(y.view(B, -1)))
             x.add_(proj(mlp_activation(fc(ln_2(x)), mlp)))
+            if keep:  # a copy: the next blocks add to x in place
+                skips.append(x.clone())
         kv_cache.advance(1)
         return softcap(head(ln_f(x)), c.logit_softcap)
 

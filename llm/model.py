@@ -2,7 +2,8 @@
 
 Variants are config fields: positions (rope | learned | sinusoidal: one class each in POSITIONS), norm
 (rmsnorm | layernorm), MLP (swiglu | gelu | relu2), tied input/output embeddings, QK-norm, logit soft-capping,
-value embeddings, a learned mix of the embeddings into every block's input (x0_mix), hashed n-gram embeddings.
+value embeddings, a learned mix of the embeddings into every block's input (x0_mix), U-net skips from the first
+blocks to the last, hashed n-gram embeddings.
 Attention goes through F.scaled_dot_product_attention; the explicit softmax(QK^T)V path runs only for
 attention_maps (the app's view).
 
@@ -12,7 +13,6 @@ below (llm/decode.py's KVCache is the one; its one-token decode step lives there
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,6 +20,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from llm.ngram import NGRAM_CONTEXT, ngram_rows
 
 NORM_CHOICES = ("rmsnorm", "layernorm")
 MLP_CHOICES = ("swiglu", "gelu", "relu2")
@@ -50,6 +52,9 @@ class ModelConfig:
     # gained nothing in three seeds and costs 4% a step (bench/README.md, Model quality)
     value_embed: bool = False
     x0_mix: bool = False  # each block starts from a * x + b * x0, x0 the embeddings, a and b learned (from 1, 0)
+    # U-net skips (modded-nanogpt): for i < n_layer // 2, block n_layer - 1 - i adds a learned share (from 0) of
+    # block i's output to its input, the first blocks paired with the last
+    unet: bool = False
     # hashed n-gram embeddings: the 2, 3 and 4 tokens that end at each position are each hashed to a row of one
     # table of this many rows (plus one for "the text has no token there"), added to the token's embedding: the
     # last few tokens without attention, for the cost of a lookup; 0 = off
@@ -195,44 +200,6 @@ class SinusoidalPositions(Positions):
 
 POSITIONS: dict[str, type[Positions]] = {"rope": RotaryPositions, "learned": LearnedPositions,
                                          "sinusoidal": SinusoidalPositions}
-
-
-# -----------------------------------------------------------------------------
-# hashed n-grams
-
-NGRAM_ORDERS = (2, 3, 4)  # the n-grams ending at a position: its token and the 1, 2 and 3 before it
-NGRAM_CONTEXT = max(NGRAM_ORDERS) - 1  # tokens before a position that its n-grams need
-HASH_P = (1 << 31) - 1  # a prime: products of two numbers below it fit in int64
-HASH_BASE, HASH_SALT = 1_000_003, 0x5BD1E995 % HASH_P
-MASK_31 = (1 << 31) - 1
-
-
-def _scramble(h: torch.Tensor) -> torch.Tensor:
-    """A bijection of [0, 2^31) that spreads near numbers apart (xor-shifts and odd multipliers, as hash
-    finalizers do), in 31 bits so that every product fits in int64."""
-    for shift, mult in ((15, 0x2C1B3C6D), (12, 0x297A2D39)):
-        h = (h ^ (h >> shift)) * mult & MASK_31
-    return h ^ (h >> 15)
-
-
-@functools.cache
-def _hash_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """NGRAM_ORDERS and the powers of HASH_BASE modulo HASH_P, on a device once (not a copy to it every step)."""
-    powers = [pow(HASH_BASE, j, HASH_P) for j in range(NGRAM_CONTEXT + 1)]
-    return torch.tensor(NGRAM_ORDERS, device=device), torch.tensor(powers, device=device)
-
-
-def ngram_rows(ids: torch.Tensor, rows: int) -> torch.Tensor:
-    """ids (B, K + T): the K = NGRAM_CONTEXT tokens before T positions (-1 where the text has none there), then the
-    T tokens -> (B, T, len(NGRAM_ORDERS)) rows of a table of rows + 1: for each position and each n, a hash of the
-    n tokens ending there; row `rows` where one of them is missing. The n tokens are read as the digits of a
-    number modulo a prime, the newest the lowest (so all orders come from one running sum), salted by n so that
-    a pair and a triple land apart, then scrambled. All orders at once: a decode step pays per op."""
-    K, (orders, powers) = NGRAM_CONTEXT, _hash_constants(ids.device)
-    digits = ids.unfold(1, K + 1, 1).flip(-1) + 1  # (B, T, K + 1): each position's token, then the K before it
-    sums = (digits * powers % HASH_P).cumsum(-1).index_select(-1, orders - 1)  # (B, T, orders): the n newest
-    h = _scramble((sums + orders * HASH_SALT) % HASH_P) % rows
-    return h.masked_fill(digits.index_select(-1, orders - 1) == 0, rows)  # the n-gram's oldest token missing
 
 
 # -----------------------------------------------------------------------------
@@ -388,6 +355,7 @@ class GPT(nn.Module):
         self.wpe = POSITIONS[config.pos](config)  # nanoGPT's name: a learned table stays wpe.weight
         self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ngram = nn.Embedding(config.ngram_embed + 1, config.n_embd) if config.ngram_embed else None
+        self.skip_weights = nn.Parameter(torch.zeros(config.n_layer // 2)) if config.unet else None
         self.ln_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab, bias=False)
         if config.tie_embeddings:
@@ -409,6 +377,8 @@ class GPT(nn.Module):
                 module.reset_parameters()
             elif isinstance(module, Block) and module.lambdas is not None:
                 module.lambdas.data.copy_(torch.tensor([1.0, 0.0]))
+        if self.skip_weights is not None:  # U-net skips start closed: the model as without them
+            nn.init.zeros_(self.skip_weights)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 kv_cache: KVCacheProtocol | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -467,9 +437,14 @@ class GPT(nn.Module):
         mask = None
         if start > 0 and T > 1:
             mask = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start)
-        x0 = x
-        for block in self.h:
+        L, skips = len(self.h), []  # U-net: the outputs of the first n_skip blocks, for the last n_skip
+        x0, n_skip = x, len(self.skip_weights) if self.skip_weights is not None else 0
+        for i, block in enumerate(self.h):
+            if i >= L - n_skip:  # block i takes block L - 1 - i's output
+                x = x + self.skip_weights[L - 1 - i] * skips[L - 1 - i]
             x = block(x, x0, idx, freqs, mask, kv_cache, attns)
+            if i < n_skip:
+                skips.append(x)
         if kv_cache is not None:
             kv_cache.advance(T)
         return x

@@ -296,6 +296,7 @@ CONFIG_WORDS = {
                      "getting overconfident",
     "value_embed": "whether each block adds a learned vector per token to what attention passes on (its values)",
     "x0_mix": "whether each block mixes the token embeddings back into its input, by learned weights",
+    "unet": "whether the last blocks take the first blocks' outputs too (U-net skips), by learned weights",
     "ngram_embed": "rows of a table that gives each run of 2, 3 and 4 tokens a learned vector, added to the last "
                    "token's (0 = none): the last few tokens at once, without attention",
     "vocab_multiple": "the token table's rows rounded up to a multiple of this (64 on a GPU: faster matrices); the "

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llm.model import GPT, NGRAM_CONTEXT, NGRAM_ORDERS, ModelConfig, ngram_rows
+from llm.model import GPT, ModelConfig
+from llm.ngram import NGRAM_CONTEXT, NGRAM_ORDERS, ngram_rows
 
 VARIANTS = [
     {"pos": pos, "norm": norm, "mlp": mlp, "tie_embeddings": tie}
@@ -307,6 +308,30 @@ def test_ngram_embeddings_start_as_the_plain_model_and_add_the_last_three_tokens
 
     adamw, _ = configure_optimizers(ng, "muon", 1e-3, 0.1, (0.9, 0.95))
     assert any(p is ng.ngram.weight for g in adamw.param_groups for p in g["params"])  # a table, not for Muon
+
+
+def test_unet_skips_start_closed_and_pair_the_first_blocks_with_the_last():
+    """Zero skip weights (the init) are the plain model; with 4 blocks, block 3 takes block 0's output and block 2
+    takes block 1's: a weight opened moves the logits, and both weights get a gradient."""
+    plain, unet = tiny(n_layer=4), tiny(n_layer=4, unet=True)
+    assert unet.load_state_dict(plain.state_dict(), strict=False).missing_keys == ["skip_weights"]
+    assert unet.skip_weights.shape == (2,) and tiny(n_layer=3, unet=True).skip_weights.shape == (1,)
+    idx = torch.randint(0, 37, (2, 16))
+    torch.testing.assert_close(unet(idx)[0], plain(idx)[0])
+    _, loss = unet.train()(idx, idx)
+    loss.backward()
+    assert (unet.skip_weights.grad.abs() > 0).all()
+    outputs = []  # each block's output, to check the pairing by hand
+    hooks = [b.register_forward_hook(lambda m, args, out: outputs.append(out)) for b in unet.h]
+    with torch.no_grad():
+        unet.eval().skip_weights.copy_(torch.tensor([0.7, 0.0]))  # block 0 -> block 3 only
+        unet(idx)
+        for h in hooks:
+            h.remove()
+        block_3_input = outputs[2] + 0.7 * outputs[0]
+        x0 = unet.wte(idx).view(-1, unet.config.n_embd)
+        freqs = unet.wpe.rotations(0, 16)[:, None, None]
+        torch.testing.assert_close(unet.h[3](block_3_input, x0, idx, freqs, None, None, None), outputs[3])
 
 
 def test_x0_mix_starts_as_the_plain_model_and_learns_its_mix():

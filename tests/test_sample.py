@@ -94,8 +94,8 @@ def test_cache_logits_match_full_forward_with_chunk_after_filled_cache(pos, extr
 
 
 @pytest.mark.parametrize("extra", [{}, {"qk_norm": True, "logit_softcap": 4.0}, {"value_embed": True, "x0_mix": True},
-                                   {"vocab_multiple": 64}, {"ngram_embed": 97}],
-                         ids=["plain", "qknorm-softcap", "valueembed-x0mix", "padded-vocab", "ngram"])
+                                   {"vocab_multiple": 64}, {"ngram_embed": 97, "unet": True}],
+                         ids=["plain", "qknorm-softcap", "valueembed-x0mix", "padded-vocab", "ngram-unet"])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("norm,mlp", [("rmsnorm", "swiglu"), ("layernorm", "gelu"), ("rmsnorm", "relu2")])
 @pytest.mark.parametrize("pos", POSITIONS)
@@ -107,8 +107,8 @@ def test_decoder_steps_equal_forward_for_every_variant(pos, norm, mlp, bias, ext
     model = tiny(pos, norm=norm, mlp=mlp, bias=bias, **extra)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(("bias", "ln_1.weight", "ln_2.weight", "ln_f.weight", "lambdas")):  # not the init's
-                p.normal_(0.5 if name.endswith(("weight", "lambdas")) else 0.0, 0.1)  # 0 / 1
+            if name.endswith(("bias", "ln_1.weight", "ln_2.weight", "ln_f.weight", "lambdas", "skip_weights")):
+                p.normal_(0.5 if name.endswith(("weight", "lambdas", "skip_weights")) else 0.0, 0.1)  # not the init's
     idx = torch.cat([torch.randint(0, 257, (1, 6)).expand(3, 6), torch.randint(0, 257, (3, 10))], dim=1)
     full, _ = model(idx)
     caches = [KVCache.for_model(model, batch_size=3) for _ in range(2)]

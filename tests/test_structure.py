@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = [
     ["llm.config", "llm.bpe"],
     ["llm.cli", "llm.tokenizer"],
+    ["llm.ngram"],
     ["llm.model"],
     ["llm.decode"],
     ["llm.sample"],
@@ -32,7 +33,7 @@ LAYERS = [
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 # what llm/model.py may import: pure computation, no I/O, no sampler
 MODEL_IMPORTS = {"__future__", "math", "dataclasses", "typing", "functools", "collections.abc", "torch",
-                 "torch.nn", "torch.nn.functional"}
+                 "torch.nn", "torch.nn.functional", "llm.ngram"}
 MAX_FUNCTION_LINES, MAX_FILE_LINES = 60, 500
 
 

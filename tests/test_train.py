@@ -261,18 +261,18 @@ def test_overfitting_is_warned_once_with_the_settings_to_turn(monkeypatch, capsy
 OPTIONS = [({"qk_norm": True, "logit_softcap": 8.0}, {}),
            ({"value_embed": True, "x0_mix": True, "mlp": "relu2", "dropout": 0.1}, {"ema": 0.8}),
            ({}, {"shuffle": False}),  # (the defaults read in epochs: the cases above)
-           ({"ngram_embed": 64}, {})]
+           ({"ngram_embed": 64, "unet": True, "n_layer": 2}, {})]
 
 
 @pytest.mark.parametrize("model_kw,train_kw", OPTIONS,
-                         ids=["qknorm-softcap", "valueembed-x0mix-relu2-dropout-ema", "random-batches", "ngram"])
+                         ids=["qknorm-softcap", "valueembed-x0mix-relu2-dropout-ema", "random-batches", "ngram-unet"])
 def test_options_train_save_load_and_resume_exactly(corpus, tmp_path, model_kw, train_kw):
     """The architecture and training options go through the whole trainer: saved in config.json, loaded back,
     and a run cut after each step and resumed ends with the same weights as one run through."""
     from llm.model import ModelConfig
     from llm.run import TrainConfig
 
-    model_cfg = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, **model_kw)
+    model_cfg = ModelConfig(**{"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, **model_kw})
     cfg = {"corpus": (str(corpus),), "vocab_size": 300, "batch_size": 4, "max_steps": 12, "eval_interval": 4,
            "eval_iters": 1, "sample_tokens": 0, "compile": False, **train_kw}
     whole, cut = TrainConfig(**cfg, out=str(tmp_path / "whole")), TrainConfig(**cfg, out=str(tmp_path / "cut"))
