@@ -70,6 +70,11 @@ def bpe_vocab(corpus_bytes: int) -> int:
     return vocab
 
 
+def ngram_table(tokenizer: str) -> int:
+    """Rows of the n-gram table for a run with this tokenizer (step 4): NGRAM_ROWS for characters, none for BPE."""
+    return NGRAM_ROWS if tokenizer == "char" else 0
+
+
 def bytes_per_token(tokenizer: str, vocab: int) -> float:
     """Rough, before the tokenizer exists: BPE on English text (tiny shakespeare: 2.6 bytes a token at 1024, 3.1
     at 2048, 3.6 at 4096, 3.9 at 8192), 0.45 of a byte more each time the vocabulary doubles."""
@@ -145,8 +150,8 @@ def auto_settings(given: dict, corpus_bytes: int, flops: float | None, world: in
     epochs = read / text_tokens
     if "dropout" not in given and read < float("inf"):
         chosen["dropout"] = next(p for limit, p in DROPOUT if epochs <= limit)
-    if tokenizer == "char":
-        chosen["ngram_embed"] = NGRAM_ROWS
+    if ngram_table(tokenizer):
+        chosen["ngram_embed"] = ngram_table(tokenizer)
     chosen = {k: v for k, v in chosen.items() if k not in given}
     if not chosen:
         return {}, ""

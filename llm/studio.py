@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm.auto import NGRAM_ROWS
+from llm.auto import ngram_table
 from llm.card import fmt_bytes, fmt_duration
 from llm.config import FIELD, FieldNames, SettingError, from_dict
 from llm.corpus import DataError, decode_text
@@ -99,8 +99,7 @@ def configs(size: str, tokenizer: str, vocab_size: int, time_budget: float, adva
     """The page's settings -> the trainer's configs, checked as the CLI checks them (SettingError naming fields).
     The size's other settings (vocabulary, learning rate) come with it; `advanced` overrides them. Characters get
     the n-gram embeddings train_cli.py's rule gives them."""
-    ngram = {"ngram_embed": NGRAM_ROWS} if tokenizer == "char" else {}
-    flat = {**size_settings(size), **SIZES[size][0], **ngram, **advanced,
+    flat = {**size_settings(size), **SIZES[size][0], "ngram_embed": ngram_table(tokenizer), **advanced,
             "tokenizer": tokenizer, "vocab_size": vocab_size, "time_budget": time_budget}
     if flat.get("max_steps"):  # a step count replaces the budget: the schedule then follows steps, not the clock
         flat["time_budget"] = 0.0
