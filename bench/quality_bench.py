@@ -65,6 +65,13 @@ OPTIONS = {
     "vocab_512": {"vocab_size": 512},
     "vocab_2048": {"vocab_size": 2048},
     "vocab_8192": {"vocab_size": 8192},
+    # the learning rates and warmup around the defaults (AdamW's lr for embeddings and head, cosine to a tenth)
+    "muon_lr_0.03": {"muon_lr": 0.03},
+    "muon_lr_0.015": {"muon_lr": 0.015},
+    "lr_6e-3": {"lr": 6e-3, "min_lr": 6e-4},
+    "lr_1.5e-3": {"lr": 1.5e-3, "min_lr": 1.5e-4},
+    "warmup_0": {"warmup_steps": 0},
+    "warmup_100": {"warmup_steps": 100},
 }
 VARIANTS = {"default": {}, **{f"no_{k}": v for k, v in CHANGES.items()}, **{f"with_{k}": v for k, v in OPTIONS.items()},
             "previous": {k: v for change in CHANGES.values() for k, v in change.items()}}
