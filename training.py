@@ -49,7 +49,7 @@ class Studio:
         self._timed: dict[tuple, float] = {}  # seconds per step, by shape
         self._lock = threading.RLock()  # one start, resume or launch from the line at a time: two cannot both pass
         self._keeper: threading.Thread | None = None  # starts waiting runs in their turn (public)
-        self._downloads = tempfile.mkdtemp(prefix="scratchgpt-downloads-")
+        self._downloads: tempfile.TemporaryDirectory | None = None  # made at the first download, gone with this
         self.slicer = None  # (OUT, seconds) -> done: trains a slice here (ZeroGPU; app.py sets it), else processes
         self.hub_api = lambda token: None  # token -> the Hub client for a push (None: huggingface_hub's; tests fake it)
 
@@ -334,7 +334,9 @@ class Studio:
         if not (out / "best" / CONFIG).is_file():
             raise fail(f"{name} has no saved model yet: its first evaluation saves one")
         try:
-            return str(public.archive(out, self._downloads))  # NAME.zip made again over the last one
+            with self._lock:
+                self._downloads = self._downloads or tempfile.TemporaryDirectory(prefix="scratchgpt-downloads-")
+            return str(public.archive(out, self._downloads.name))  # NAME.zip made again over the last one
         except OSError as e:
             raise fail(f"could not pack {name}: {_reason(e)}") from None
 

@@ -376,6 +376,30 @@ def tiny_run_dir(tmp_path) -> Path:
     return tmp_path / "first"
 
 
+def test_downloads_share_one_folder_made_at_the_first_and_removed_with_the_studio(tmp_path, monkeypatch):
+    """A studio made a temporary folder for its .zip files when it was built and never removed it: every server
+    (and every test) left one behind."""
+    import gc
+    import tempfile
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    (tmp_path / "runs").mkdir()
+    tiny_run_dir(tmp_path / "runs")
+
+    def folders() -> list:
+        return list(tmp.glob("scratchgpt-downloads-*"))
+
+    st = Studio(StudioSettings(runs_dir=tmp_path / "runs", train_threads=1))
+    assert folders() == []  # nothing until a download
+    first, again = Path(st.download("first")), Path(st.download("first"))
+    assert first == again and first.is_file() and folders() == [first.parent]
+    del st
+    gc.collect()
+    assert folders() == []
+
+
 def test_a_run_outlives_a_server_restart(tmp_path):
     """`python app.py` killed while its run trains, started again: the run trained on, is listed as training,
     and the new server stops it."""
