@@ -3,6 +3,7 @@
     python bench/generate_bench.py              # both sizes, one intra-op thread for both libraries
     python bench/generate_bench.py --threads 0  # torch's default thread count (2 here)
     python bench/generate_bench.py --floor      # also: what the weight matrices alone cost per token
+    python bench/generate_bench.py --ngram      # also: the character-level default, with and without its n-gram table
 
 Batch 1, a 16-token prompt, 256 new tokens, top-k 50 (temperature 1), with and without the KV cache, random
 weights, the same context length for both (block_size = n_positions = 272: neither slides). transformers is timed
@@ -27,13 +28,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from llm.auto import NGRAM_ROWS
 from llm.model import GPT, ModelConfig
 from llm.sample import SampleConfig, generate, generate_ids
 
-SIZES = [  # (n_layer, n_head, n_embd, vocab_size)
-    (4, 4, 128, 65),
-    (6, 6, 384, 4096),
+SIZES = [  # (n_layer, n_head, n_embd, vocab_size, ngram_embed)
+    (4, 4, 128, 65, 0),
+    (6, 6, 384, 4096, 0),
 ]
+# --ngram: the shape train_cli.py picks for a character-level run, without and with the rule's n-gram table (its
+# rows looked up by a hash of the last tokens in every decode step); transformers has no such table: not timed
+NGRAM_SIZES = [(3, 4, 96, 256, 0), (3, 4, 96, 256, NGRAM_ROWS)]
 PROMPT_LEN, NEW_TOKENS, TOP_K = 16, 256, 50
 BLOCK_SIZE = PROMPT_LEN + NEW_TOKENS  # as transformers' n_positions
 
@@ -166,6 +171,8 @@ def main() -> None:
     p.add_argument("--floor", action="store_true",
                    help="also time the weight matrices alone (fp32, bf16, int8 weight-only): the least a decode "
                         "step can cost")
+    p.add_argument("--ngram", action="store_true",
+                   help="also time the character-level default (3x4x96) without and with its n-gram table")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -176,14 +183,14 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch 1, {PROMPT_LEN}-token prompt, "
           f"{NEW_TOKENS} new tokens, top-k {TOP_K}; cached: best of {args.repeats}, no-cache: one run\n")
-    header = (f"{'model':<18}{'params':>8}{'ours ids':>10}{'ours events':>13}{'ours no-cache':>15}{'hf cache':>10}"
+    header = (f"{'model':<24}{'params':>8}{'ours ids':>10}{'ours events':>13}{'ours no-cache':>15}{'hf cache':>10}"
               f"{'hf no-cache':>13}{'ids/hf':>8}{'events/hf':>11}{'cache/no-cache':>16}")
     print(header + "\n" + "-" * len(header))
     results = []
-    for n_layer, n_head, n_embd, vocab_size in SIZES:
+    for n_layer, n_head, n_embd, vocab_size, ngram in SIZES + (NGRAM_SIZES if args.ngram else []):
         torch.manual_seed(0)
         config = ModelConfig(vocab_size=vocab_size, block_size=BLOCK_SIZE, n_layer=n_layer, n_head=n_head,
-                             n_embd=n_embd)
+                             n_embd=n_embd, ngram_embed=ngram)
         model = GPT(config).eval()
         tokenizer = BenchTokenizer(vocab_size)
         prompt = torch.randint(0, vocab_size, (1, PROMPT_LEN))
@@ -192,7 +199,7 @@ def main() -> None:
             "ids": functools.partial(ours, model, tokenizer, ids, use_kv_cache=True, events=False),
             "events": functools.partial(ours, model, tokenizer, ids, use_kv_cache=True, events=True),
         }
-        m = hf_model(n_layer, n_head, n_embd, vocab_size) if have_hf else None
+        m = hf_model(n_layer, n_head, n_embd, vocab_size) if have_hf and not ngram else None
         if m is not None:
             runs["hf cache"] = functools.partial(hf, m, prompt, use_cache=True)
         for run in runs.values():
@@ -206,11 +213,11 @@ def main() -> None:
             functools.partial(ours, model, tokenizer, ids, use_kv_cache=False, events=False), 1)
         if m is not None:
             row["hf no-cache"] = NEW_TOKENS / best_time(functools.partial(hf, m, prompt, use_cache=False), 1)
-        name = f"{n_layer}x{n_head}x{n_embd} V{vocab_size}"
+        name = f"{n_layer}x{n_head}x{n_embd} V{vocab_size}" + (f" n-gram {ngram // 1024}k" if ngram else "")
         nan = float("nan")
-        ratios = (f"{row['ids'] / row['hf cache']:>7.1f}x{row['events'] / row['hf cache']:>10.1f}x" if have_hf
+        ratios = (f"{row['ids'] / row['hf cache']:>7.1f}x{row['events'] / row['hf cache']:>10.1f}x" if m is not None
                   else f"{'-':>8}{'-':>11}")
-        print(f"{name:<18}{model.num_params() / 1e6:>7.2f}M{row['ids']:>10.0f}{row['events']:>13.0f}"
+        print(f"{name:<24}{model.num_params() / 1e6:>7.2f}M{row['ids']:>10.0f}{row['events']:>13.0f}"
               f"{row['no-cache']:>15.0f}{row.get('hf cache', nan):>10.0f}{row.get('hf no-cache', nan):>13.0f}"
               f"{ratios}{row['ids'] / row['no-cache']:>15.1f}x")
         results.append((name, model, tokenizer, prompt, row))
@@ -223,11 +230,15 @@ def main() -> None:
           " cache >= 5x no-cache; first token < 20 ms")
     for name, _, _, _, row in results:
         checks = [f"cache/no-cache {row['ids'] / row['no-cache']:.2f}x {_verdict(row['ids'] >= 5 * row['no-cache'])}"]
-        if have_hf:
+        if "hf cache" in row:
             checks[:0] = [f"{key}/hf {row[key] / row['hf cache']:.2f}x {_verdict(row[key] >= 4 * row['hf cache'])}"
                           for key in ("ids", "events")]
         print(f"  {name}: " + ", ".join(checks))
     print(f"  first token {ttft * 1e3:.1f} ms {_verdict(ttft < 0.020)}")
+    if args.ngram:
+        (plain, without), (table, with_table) = [(r[0], r[4]) for r in results[-2:]]
+        print(f"\nthe n-gram table in a decode step (cached, token ids): {plain} {1e3 / without['ids']:.3f} ms a token, "
+              f"{table} {1e3 / with_table['ids']:.3f} ms")
     if args.profile:
         print("\nour cached path under torch.profiler (its overhead inflates the totals, not the shares):")
         for name, model, tokenizer, prompt, _ in results:
