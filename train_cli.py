@@ -64,7 +64,8 @@ SETTING_FLAGS = {
         ("optimizer", {"choices": CHOICES["optimizer"]}, "muon: Muon for block matrices, AdamW for the rest"),
         ("lr", {"type": float}, "AdamW's peak learning rate"),
         ("muon_lr", {"type": float}, "Muon's peak learning rate"),
-        ("min_lr", {"type": float}, "AdamW's learning rate at the end of the cosine (Muon's by the same ratio)"),
+        ("min_lr", {"type": float}, ("AdamW's learning rate at the end of the cosine (default: a tenth of --lr; "
+                                     "Muon's ends by the same ratio)")),
         ("warmup_steps", {"type": int}, "steps of linear warmup"),
         ("weight_decay", {"type": float}, "decoupled weight decay (AdamW's matrices and embeddings, Muon's)"),
         ("ema", {"type": float}, "evaluate and save an average of the weights with this decay per step; 0 = off"),
@@ -101,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument("--corpus", nargs="+", help=("text files (.gz too), directories, globs, http(s) URLs, "
                                                         "hf:USER/NAME (a Hub dataset), or tiny_shakespeare"))
         for name, kw, text in settings:
-            shown = "" if name == "compile" or defaults.get(name) is None else f" (default {defaults[name]:g})" \
+            shown = "" if name in ("compile", "min_lr") or defaults.get(name) is None else f" (default {defaults[name]:g})" \
                 if isinstance(defaults[name], float) else f" (default {defaults[name]})"
             g.add_argument(flag(name), help=text + shown, **kw)
         if group == "run":

@@ -41,7 +41,7 @@ class Shape:
 
     def settings(self) -> dict:
         return {"n_layer": self.n_layer, "n_head": self.n_head, "n_embd": self.n_embd, "block_size": self.block_size,
-                "batch_size": self.batch_size, "lr": self.lr, "min_lr": round(self.lr / 10, 12)}
+                "batch_size": self.batch_size, "lr": self.lr}  # (min_lr: a tenth of lr, given or chosen)
 
 
 # from the smallest: the 5-minute CPU default first, GPT-2 small last

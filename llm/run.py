@@ -51,7 +51,7 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 3e-3  # AdamW (all parameters with --optimizer adamw; embeddings, head, norms with muon)
     muon_lr: float = 0.02  # Muon, for the matrices inside the blocks
-    min_lr: float = 3e-4  # the end of the cosine; Muon's decays by the same ratio
+    min_lr: float | None = None  # the end of the cosine (None: a tenth of lr); Muon's decays by the same ratio
     warmup_steps: int = 30
     weight_decay: float = 0.1
     # an exponential moving average of the weights, with this decay per step, is what evaluations measure and
@@ -78,6 +78,8 @@ class TrainConfig:
     compile: bool | None = None
 
     def __post_init__(self):
+        if self.min_lr is None and isinstance(self.lr, (int, float)):  # a run given only `lr` ends a tenth down
+            self.min_lr = self.lr / 10
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 raise SettingError(f"`{name}` must be one of {', '.join(choices)}, got {getattr(self, name)!r}")

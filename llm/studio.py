@@ -113,9 +113,7 @@ def configs(size: str, tokenizer: str, vocab_size: int, time_budget: float, adva
     model_keys = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
     train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
     model = from_dict(ModelConfig, {k: v for k, v in flat.items() if k in model_keys})
-    train = {k: v for k, v in flat.items() if k in train_keys}
-    if train["lr"] < train.get("min_lr", TrainConfig.min_lr):
-        train["min_lr"] = train["lr"] / 10  # the cosine ends a tenth of the way down, as the default does
+    train = {k: v for k, v in flat.items() if k in train_keys}  # the cosine ends at a tenth of `lr` (min_lr's default)
     # no torch.compile: a page's run lasts minutes, and a compile's cold start (tens of seconds) is counted in them
     cfg = from_dict(TrainConfig, {**train, "corpus": tuple(corpus), "out": out, "compile": False})
     return dataclasses.replace(model, vocab_size=vocab_size if tokenizer == "bpe" else 256), cfg

@@ -180,11 +180,14 @@ def warn_overfit(run: Run, losses: dict[str, float]) -> None:
         return
     if losses["val"] > prev["val"] + OVERFIT_RISE and losses["train"] < prev["train"]:
         run.warned_overfit = True
-        table = ", `ngram_embed` 0 (no n-gram table)" if run.model.config.ngram_embed else ""
+        c = run.model.config
+        dropout = f"`dropout` 0.1 (now {c.dropout:g})" if c.dropout < 0.1 else f"`dropout` above {c.dropout:g}"
+        vocab = f", a smaller vocabulary (`vocab_size`, now {run.cfg.vocab_size})" if run.cfg.tokenizer == "bpe" else ""
+        table = ", `ngram_embed` 0 (no n-gram table)" if c.ngram_embed else ""
         run.log(f"warning: overfitting: the validation loss rose ({prev['val']:.4f} -> {losses['val']:.4f}) while "
                 f"the training loss fell ({prev['train']:.4f} -> {losses['train']:.4f}): the model has begun to "
-                "memorize its text. Fewer steps (`max_steps` or `time_budget`), `dropout` 0.1 or more, a smaller "
-                f"model (`n_layer`, `n_embd`){table} or more text narrow the gap; best/ keeps the lowest validation "
+                f"memorize its text. Fewer steps (`max_steps` or `time_budget`), {dropout}, a smaller model "
+                f"(`n_layer`, `n_embd`){vocab}{table} or more text narrow the gap; best/ keeps the lowest validation "
                 "loss.")
 
 

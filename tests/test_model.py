@@ -89,6 +89,20 @@ def test_tied_embeddings():
     assert m.lm_head.weight is not m.wte.weight
 
 
+def test_an_untied_head_is_its_own_matrix_and_otherwise_the_same_model():
+    """Known answer: an untied model whose head holds a copy of the token table computes the tied model's
+    logits; it counts one more vocab x n_embd matrix, and a step moves the two apart."""
+    tied, untied = tiny(tie_embeddings=True), tiny(tie_embeddings=False)
+    untied.load_state_dict({**tied.state_dict(), "lm_head.weight": tied.wte.weight.detach().clone()})
+    idx = torch.randint(0, 37, (2, 9))
+    torch.testing.assert_close(untied(idx)[0], tied(idx)[0], rtol=0, atol=0)
+    assert untied.num_params() - tied.num_params() == 37 * 16
+    untied.train()
+    untied(idx, idx)[1].backward()
+    torch.optim.SGD(untied.parameters(), lr=0.1).step()
+    assert not torch.equal(untied.lm_head.weight, untied.wte.weight)
+
+
 @pytest.mark.parametrize("pos", ["rope", "learned", "sinusoidal"])
 def test_attention_weights_only_when_asked(pos):
     model = tiny(pos=pos)

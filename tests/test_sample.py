@@ -72,7 +72,7 @@ def scripted_events(tok, text_or_ids, **kw):
 # --- KV cache against the no-cache reference ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("extra", [{}, {"ngram_embed": 97}], ids=["plain", "ngram"])
+@pytest.mark.parametrize("extra", [{}, {"ngram_embed": 97, "tie_embeddings": False}], ids=["plain", "ngram-untied"])
 @pytest.mark.parametrize("pos", POSITIONS)
 def test_cache_logits_match_full_forward_with_chunk_after_filled_cache(pos, extra):
     """Prefill, single tokens, then a multi-token chunk appended to a filled cache (the causal-mask trap:
@@ -94,8 +94,8 @@ def test_cache_logits_match_full_forward_with_chunk_after_filled_cache(pos, extr
 
 
 @pytest.mark.parametrize("extra", [{}, {"qk_norm": True, "logit_softcap": 4.0}, {"value_embed": True, "x0_mix": True},
-                                   {"vocab_multiple": 64}, {"ngram_embed": 97, "unet": True}],
-                         ids=["plain", "qknorm-softcap", "valueembed-x0mix", "padded-vocab", "ngram-unet"])
+                                   {"vocab_multiple": 64}, {"ngram_embed": 97, "unet": True, "tie_embeddings": False}],
+                         ids=["plain", "qknorm-softcap", "valueembed-x0mix", "padded-vocab", "ngram-unet-untied"])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("norm,mlp", [("rmsnorm", "swiglu"), ("layernorm", "gelu"), ("rmsnorm", "relu2")])
 @pytest.mark.parametrize("pos", POSITIONS)

@@ -235,16 +235,20 @@ def test_overfitting_is_warned_once_with_the_settings_to_turn(monkeypatch, capsy
     from llm.model import ModelConfig
 
     said = []
-    for ngram in (0, 64):  # a model with an n-gram table is told it may go without
+    # BPE without dropout; characters with dropout and an n-gram table, told they may go without the table
+    for ngram, dropout, tokenizer in ((0, 0.0, "bpe"), (64, 0.1, "char")):
         run = SimpleNamespace(last_losses=None, warned_overfit=False, log=said.append,
-                              model=SimpleNamespace(config=ModelConfig(ngram_embed=ngram)))
+                              model=SimpleNamespace(config=ModelConfig(ngram_embed=ngram, dropout=dropout)),
+                              cfg=SimpleNamespace(tokenizer=tokenizer, vocab_size=8192))
         for train_loss, val_loss in ((3.0, 3.2), (2.8, 3.1), (2.6, 3.15), (2.4, 3.3)):  # val falls, then rises
             train_mod.warn_overfit(run, {"train": train_loss, "val": val_loss})
     assert len(said) == 2 and all("validation loss rose (3.1000 -> 3.1500)" in s for s in said)
-    assert all("`dropout`" in s and "`max_steps`" in s for s in said)
+    assert all("`max_steps`" in s for s in said)
+    assert "`dropout` 0.1 (now 0)" in said[0] and "`dropout` above 0.1" in said[1]  # the setting as it is now
+    assert "`vocab_size`, now 8192" in said[0] and "vocab_size" not in said[1]
     assert "`ngram_embed` 0" not in said[0] and "`ngram_embed` 0" in said[1]
     said.clear()
-    quiet = SimpleNamespace(last_losses=None, warned_overfit=False, log=said.append, model=run.model)
+    quiet = SimpleNamespace(last_losses=None, warned_overfit=False, log=said.append, model=run.model, cfg=run.cfg)
     for train_loss, val_loss in ((3.0, 3.2), (2.9, 3.205), (float("nan"), 9.0)):  # within noise; not finite
         train_mod.warn_overfit(quiet, {"train": train_loss, "val": val_loss})
     assert not said
@@ -258,14 +262,33 @@ def test_overfitting_is_warned_once_with_the_settings_to_turn(monkeypatch, capsy
     assert "try --dropout 0.1 or fewer --max-steps" in capsys.readouterr().out
 
 
-OPTIONS = [({"qk_norm": True, "logit_softcap": 8.0}, {}),
+def test_a_learning_rate_alone_sets_where_the_cosine_ends(corpus, tmp_path):
+    """`--lr 1e-4` alone was refused ("--min-lr must be between 0 and --lr"): min_lr's fixed default, and the
+    rule's choice of it, were 3e-4. Now the cosine ends at a tenth of the lr given, with the rule's shape or one
+    given; a min_lr given is kept."""
+    from llm.checkpoint import read_config
+    from llm.run import TrainConfig
+
+    shape = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32"]
+    for name, extra, min_lr in (("rule", [], 1e-5), ("shape", shape, 1e-5), ("given", ["--min-lr", "0"], 0.0)):
+        out = tmp_path / name
+        assert train_cli.main(["--corpus", str(corpus), "--out", str(out), "--lr", "1e-4", "--max-steps", "2",
+                               "--vocab-size", "300", "--eval-iters", "1", "--sample-tokens", "0", "--no-progress",
+                               "--no-compile", *extra]) == 0, name
+        train = read_config(out / "last")[1]
+        assert train["lr"] == 1e-4 and train["min_lr"] == pytest.approx(min_lr), name
+    assert TrainConfig().min_lr == pytest.approx(3e-4)  # the default lr's
+
+
+OPTIONS = [({"qk_norm": True, "logit_softcap": 8.0, "attn_dropout": 0.1}, {}),
            ({"value_embed": True, "x0_mix": True, "mlp": "relu2", "dropout": 0.1}, {"ema": 0.8}),
            ({}, {"shuffle": False}),  # (the defaults read in epochs: the cases above)
-           ({"ngram_embed": 64, "unet": True, "n_layer": 2}, {})]
+           ({"ngram_embed": 64, "unet": True, "n_layer": 2, "tie_embeddings": False}, {})]
 
 
 @pytest.mark.parametrize("model_kw,train_kw", OPTIONS,
-                         ids=["qknorm-softcap", "valueembed-x0mix-relu2-dropout-ema", "random-batches", "ngram-unet"])
+                         ids=["qknorm-softcap-attndropout", "valueembed-x0mix-relu2-dropout-ema", "random-batches",
+                              "ngram-unet-untied"])
 def test_options_train_save_load_and_resume_exactly(corpus, tmp_path, model_kw, train_kw):
     """The architecture and training options go through the whole trainer: saved in config.json, loaded back,
     and a run cut after each step and resumed ends with the same weights as one run through."""
