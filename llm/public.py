@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -123,7 +124,19 @@ def archive(out: Path, dest_dir: str | Path) -> Path:
     """OUT's model (best/), its metrics and its settings as dest_dir/NAME.zip, under a folder NAME/: unzipped, the
     folder loads as a checkpoint (`load_checkpoint("NAME")`). The visitor's mark is left out of job.json."""
     dest = Path(dest_dir) / f"{out.name}.zip"
-    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as z:
+    fd, part = tempfile.mkstemp(prefix=f".{out.name}-", suffix=".part", dir=dest_dir)  # one per download
+    try:
+        with os.fdopen(fd, "wb") as file:
+            _zip_run(out, file)
+        os.replace(part, dest)  # a download served meanwhile gets the whole last archive, never half of this one
+    except BaseException:
+        Path(part).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def _zip_run(out: Path, file) -> None:
+    with zipfile.ZipFile(file, "w", zipfile.ZIP_DEFLATED) as z:
         for name in ARCHIVED:
             p = out / name
             if name == JOB and p.is_file():
@@ -135,4 +148,3 @@ def archive(out: Path, dest_dir: str | Path) -> Path:
                 for f in sorted(p.iterdir()):
                     if f.is_file():
                         z.write(f, f"{out.name}/{name}/{f.name}")
-    return dest

@@ -79,7 +79,7 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.min_lr is None and isinstance(self.lr, (int, float)):  # a run given only `lr` ends a tenth down
-            self.min_lr = self.lr / 10
+            self.min_lr = float(f"{self.lr / 10:.12g}")  # 3e-4, not 0.00030000000000000003 (cards, resume checks)
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 raise SettingError(f"`{name}` must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
@@ -119,7 +119,7 @@ PRESETS = {
               "vocab_size": 4096, "time_budget": 1800},
     # GPT-2 small shape, for a GPU
     "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "batch_size": 16, "grad_accum": 4,
-             "vocab_size": 32768, "lr": 6e-4, "min_lr": 6e-5, "warmup_steps": 500, "eval_interval": 500,
+             "vocab_size": 32768, "lr": 6e-4, "warmup_steps": 500, "eval_interval": 500,
              "max_steps": 20000, "compile": True},
 }
 

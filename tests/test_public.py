@@ -83,6 +83,24 @@ def test_archive_holds_the_model_without_the_visitors_mark(tmp_path):
     assert model.num_params() > 0
 
 
+def test_an_archive_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """NAME.zip was rewritten in place: a download served while another was packing, or a pack that failed
+    halfway, got half an archive. Now each is packed apart and moved over the last one when complete."""
+    out = tiny_run_dir(tmp_path)
+    dest = tmp_path / "downloads"
+    dest.mkdir()
+    before = public.archive(out, dest).read_bytes()
+
+    def fail_halfway(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(zipfile.ZipFile, "write", fail_halfway)
+    with pytest.raises(OSError):
+        public.archive(out, dest)
+    assert [p.name for p in dest.iterdir()] == [f"{out.name}.zip"]  # no part left behind
+    assert (dest / f"{out.name}.zip").read_bytes() == before
+
+
 # -----------------------------------------------------------------------------
 # the Train tab's handlers in a public studio
 

@@ -118,6 +118,10 @@ def test_configs_speak_the_page_labels():
     with pytest.raises(SettingError, match="whole number"):
         studio.configs("tiny", "bpe", 300, 60.0, {**ADVANCED, "n_layer": 1.5})
     assert studio.size_settings("small")["n_embd"] == 128  # the sizes are train_cli.py's presets' shapes
+    # each size's cosine ends at a tenth of the page's lr (the large size took the gpt2 preset's fixed min_lr,
+    # 6e-5, and refused a lower lr that the page had no way around)
+    assert [studio.configs(size, "bpe", 4096, 60.0, {"lr": 3e-5})[1].min_lr for size in studio.SIZES] == \
+        [3e-6] * len(studio.SIZES)
     # characters get the rule's n-gram embeddings, as train_cli.py gives them; BPE none
     assert studio.configs("tiny", "char", 300, 60.0, ADVANCED)[0].ngram_embed == NGRAM_ROWS
     assert model.ngram_embed == 0
