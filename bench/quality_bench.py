@@ -68,8 +68,8 @@ OPTIONS = {
     # the learning rates and warmup around the defaults (AdamW's lr for embeddings and head, cosine to a tenth)
     "muon_lr_0.03": {"muon_lr": 0.03},
     "muon_lr_0.015": {"muon_lr": 0.015},
-    "lr_6e-3": {"lr": 6e-3, "min_lr": 6e-4},
-    "lr_1.5e-3": {"lr": 1.5e-3, "min_lr": 1.5e-4},
+    "lr_6e-3": {"lr": 6e-3},  # each cosine to a tenth of its lr (min_lr's default)
+    "lr_1.5e-3": {"lr": 1.5e-3},
     "warmup_0": {"warmup_steps": 0},
     "warmup_100": {"warmup_steps": 100},
 }
